@@ -1,0 +1,29 @@
+# Runtime defaults shared by every cotap_mm config.
+default_scope = 'mmpretrain'
+custom_imports = dict(imports=['cotap_mm'], allow_failed_imports=False)
+
+default_hooks = dict(
+    runtime_info=dict(type='RuntimeInfoHook'),
+    timer=dict(type='IterTimerHook'),
+    logger=dict(type='LoggerHook', interval=50),
+    param_scheduler=dict(type='ParamSchedulerHook'),
+    checkpoint=dict(type='CheckpointHook', interval=1000, by_epoch=False, max_keep_ckpts=3),
+    sampler_seed=dict(type='DistSamplerSeedHook'),
+    # checkpoints that load with torch.load(weights_only=True): see cotap_mm/utils/checkpoint.py
+    plain_checkpoint=dict(type='PlainCheckpointHook'),
+)
+
+env_cfg = dict(
+    cudnn_benchmark=False,
+    mp_cfg=dict(mp_start_method='fork', opencv_num_threads=0),
+    # tools/train.py switches to gloo (and no device_ids) on a machine without CUDA
+    dist_cfg=dict(backend='nccl'),
+)
+
+vis_backends = [dict(type='LocalVisBackend')]
+visualizer = dict(type='UniversalVisualizer', vis_backends=vis_backends)
+log_processor = dict(window_size=10, by_epoch=False)
+log_level = 'INFO'
+load_from = None
+resume = False
+randomness = dict(seed=0, deterministic=False)

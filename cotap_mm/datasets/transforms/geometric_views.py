@@ -1,0 +1,469 @@
+"""Multi-crop views that remember where they came from.
+
+CoTAP (`arXiv 2509.09429 <https://arxiv.org/abs/2509.09429>`_) trains on the Leopart multi-crop
+(`arXiv 2204.13101 <https://arxiv.org/abs/2204.13101>`_): 2 global crops of 224 px (scale
+0.25-1) and 4 local crops of 96 px (scale 0.05-0.1), re-sampled until they overlap the global
+crops, and the patch loss RoI-aligns the *overlap* of two crops in each crop's feature map.
+mmpretrain's ``MultiView`` drops the crop geometry, so this transform samples the crops itself and
+records, for every crop, its box in original-image pixels and whether it was flipped.
+
+Box convention used throughout this module: ``(x1, y1, x2, y2)`` in continuous pixel coordinates of
+the original image, pixel ``(i, j)`` covering ``[j, j + 1) x [i, i + 1)``; a crop ``box`` is
+``img[y1:y2, x1:x2]`` and is resized so that ``[x1, x2)`` maps linearly onto ``[0, out_w)`` (the
+half-pixel-centre convention of both PIL and OpenCV resizing, and of ``RoIAlign(aligned=True)``).
+"""
+import math
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+
+import mmcv
+import numpy as np
+import torch
+from mmcv.transforms import BaseTransform
+from mmpretrain.registry import TRANSFORMS
+
+BoxLike = Union[np.ndarray, torch.Tensor, Sequence[float]]
+RNG = Union[np.random.Generator, np.random.RandomState, Any]
+
+
+def _check_range(value: Sequence[float], name: str, lower: float = 0.0,
+                 upper: float = math.inf) -> Tuple[float, float]:
+    """Validate a ``(min, max)`` pair with ``lower < min <= max <= upper``."""
+    if not isinstance(value, (tuple, list)) or len(value) != 2:
+        raise TypeError(f'{name} must be a (min, max) pair of numbers, got {value!r}')
+    lo, hi = float(value[0]), float(value[1])
+    if not (lower < lo <= hi <= upper):
+        raise ValueError(f'{name} must satisfy {lower} < min <= max <= {upper}, got {value!r}')
+    return lo, hi
+
+
+def _to_hw(size: Union[int, Sequence[int]], name: str) -> Tuple[int, int]:
+    """Turn ``224`` or ``(h, w)`` into ``(h, w)``."""
+    if isinstance(size, (int, np.integer)):
+        size = (int(size), int(size))
+    if (not isinstance(size, (tuple, list)) or len(size) != 2
+            or not all(isinstance(s, (int, np.integer)) and s > 0 for s in size)):
+        raise ValueError(f'{name} must be a positive int or an (h, w) pair of positive ints, '
+                         f'got {size!r}')
+    return int(size[0]), int(size[1])
+
+
+def _rand_uniform(rng: RNG, low: float, high: float) -> float:
+    return float(rng.uniform(low, high))
+
+
+def _rand_int(rng: RNG, low: int, high: int) -> int:
+    """Integer uniform in ``[low, high]`` (inclusive); Generator, RandomState or ``np.random``."""
+    if isinstance(rng, np.random.Generator):
+        return int(rng.integers(low, high + 1))
+    return int(rng.randint(low, high + 1))
+
+
+def sample_crop_box(h: int,
+                    w: int,
+                    scale: Tuple[float, float],
+                    ratio: Tuple[float, float],
+                    rng: RNG = np.random,
+                    max_attempts: int = 10) -> Tuple[float, float, float, float]:
+    """Sample a RandomResizedCrop box, exactly as ``torchvision.transforms.RandomResizedCrop``.
+
+    Area fraction uniform in ``scale``, aspect ratio (w/h) log-uniform in ``ratio``, integer size
+    ``round(sqrt(area * r))``, integer offset uniform; after ``max_attempts`` failures a central
+    crop clamped to ``ratio`` (torchvision's fallback). torchvision draws from torch's RNG; here a
+    numpy RNG is used so that the dataloader seeding of mmengine applies.
+
+    Args:
+        h (int): Image height in pixels (> 0).
+        w (int): Image width in pixels (> 0).
+        scale (tuple[float, float]): Range of the crop area as a fraction of ``h * w``.
+        ratio (tuple[float, float]): Range of the crop aspect ratio ``width / height``.
+        rng: ``np.random.Generator``, ``np.random.RandomState`` or the ``np.random`` module.
+            Defaults to ``np.random``.
+        max_attempts (int): Tries before the central-crop fallback. Defaults to 10.
+
+    Returns:
+        tuple[float, float, float, float]: ``(x1, y1, x2, y2)`` with integer values, in pixels.
+    """
+    if not (isinstance(h, (int, np.integer)) and isinstance(w, (int, np.integer)) and h > 0
+            and w > 0):
+        raise ValueError(f'h and w must be positive ints, got h={h!r}, w={w!r}')
+    scale = _check_range(scale, 'scale', 0.0, 1.0)
+    ratio = _check_range(ratio, 'ratio')
+    area = h * w
+    log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
+    for _ in range(max_attempts):
+        target_area = area * _rand_uniform(rng, scale[0], scale[1])
+        aspect = math.exp(_rand_uniform(rng, log_ratio[0], log_ratio[1]))
+        cw = int(round(math.sqrt(target_area * aspect)))
+        ch = int(round(math.sqrt(target_area / aspect)))
+        if 0 < cw <= w and 0 < ch <= h:
+            y1 = _rand_int(rng, 0, h - ch)
+            x1 = _rand_int(rng, 0, w - cw)
+            return float(x1), float(y1), float(x1 + cw), float(y1 + ch)
+    # fallback: central crop (torchvision)
+    in_ratio = w / h
+    if in_ratio < ratio[0]:
+        cw, ch = w, int(round(w / ratio[0]))
+    elif in_ratio > ratio[1]:
+        ch, cw = h, int(round(h * ratio[1]))
+    else:
+        cw, ch = w, h
+    y1, x1 = (h - ch) // 2, (w - cw) // 2
+    return float(x1), float(y1), float(x1 + cw), float(y1 + ch)
+
+
+def _as_boxes(box: BoxLike, name: str) -> Union[np.ndarray, torch.Tensor]:
+    if not isinstance(box, torch.Tensor):
+        box = np.asarray(box, dtype=np.float64)
+    if box.shape[-1:] != (4, ):
+        raise ValueError(f'{name} must have a last dimension of size 4 (x1, y1, x2, y2), '
+                         f'got shape {tuple(box.shape)}')
+    return box
+
+
+def _maximum(a, b):
+    return torch.maximum(a, b) if isinstance(a, torch.Tensor) else np.maximum(a, b)
+
+
+def _minimum(a, b):
+    return torch.minimum(a, b) if isinstance(a, torch.Tensor) else np.minimum(a, b)
+
+
+def _stack(parts):
+    return torch.stack(parts, -1) if isinstance(parts[0], torch.Tensor) else np.stack(parts, -1)
+
+
+def _match(a, b):
+    """Bring a numpy/sequence operand to the other operand's type (torch wins)."""
+    if isinstance(a, torch.Tensor) and not isinstance(b, torch.Tensor):
+        b = torch.as_tensor(b, dtype=a.dtype, device=a.device)
+    elif isinstance(b, torch.Tensor) and not isinstance(a, torch.Tensor):
+        a = torch.as_tensor(a, dtype=b.dtype, device=b.device)
+    return a, b
+
+
+def box_area(boxes: BoxLike) -> Union[np.ndarray, torch.Tensor]:
+    """Area of ``[..., 4]`` boxes ``(x1, y1, x2, y2)`` (negative extents count as 0)."""
+    b = _as_boxes(boxes, 'boxes')
+    zero = b[..., 0] * 0
+    return _maximum(b[..., 2] - b[..., 0], zero) * _maximum(b[..., 3] - b[..., 1], zero)
+
+
+def box_intersection(a: BoxLike, b: BoxLike) -> Union[np.ndarray, torch.Tensor]:
+    """Intersection of boxes ``a`` and ``b`` (broadcast over leading dims).
+
+    Args:
+        a: ``[..., 4]`` boxes ``(x1, y1, x2, y2)``; numpy, torch or a sequence.
+        b: ``[..., 4]`` boxes, broadcastable with ``a``.
+
+    Returns:
+        ``[..., 4]`` boxes of the same array type (torch if either input is torch). Empty
+        intersections come back as zero-area boxes (``x2 = max(x2, x1)``, same for y), so
+        :func:`box_area` of the result is the intersection area.
+    """
+    a, b = _match(_as_boxes(a, 'a'), _as_boxes(b, 'b'))
+    x1 = _maximum(a[..., 0], b[..., 0])
+    y1 = _maximum(a[..., 1], b[..., 1])
+    x2 = _maximum(_minimum(a[..., 2], b[..., 2]), x1)
+    y2 = _maximum(_minimum(a[..., 3], b[..., 3]), y1)
+    return _stack([x1, y1, x2, y2])
+
+
+def overlap_in_crop_coords(box_a: BoxLike,
+                           box_b: BoxLike,
+                           out_size: Union[int, Sequence[int]],
+                           flip_a: Union[bool, np.ndarray, torch.Tensor] = False
+                           ) -> Union[np.ndarray, torch.Tensor]:
+    """The overlap of crop ``a`` and crop ``b``, in the output pixel coordinates of crop ``a``.
+
+    Crop ``a`` covers ``box_a`` of the original image and was resized to ``out_size`` (then
+    horizontally flipped if ``flip_a``). The returned box is where ``box_a ∩ box_b`` lies in that
+    crop image, in the same continuous convention (pixel ``(i, j)`` covers ``[j, j+1) x [i, i+1)``),
+    i.e. ready for ``RoIAlign(aligned=True)`` on a feature map after dividing by the patch size.
+
+    Args:
+        box_a: ``[..., 4]`` original-image box of crop ``a`` (numpy, torch or a sequence).
+        box_b: ``[..., 4]`` original-image box of crop ``b``, broadcastable with ``box_a``.
+        out_size (int | tuple[int, int]): Output size of crop ``a`` as ``s`` or ``(h, w)``.
+        flip_a (bool | array): Whether crop ``a`` was flipped horizontally after resizing;
+            a bool or a ``[...]`` array broadcastable with the boxes' leading dims.
+
+    Returns:
+        ``[..., 4]`` boxes ``(x1, y1, x2, y2)`` in crop-``a`` pixels; zero-area when the crops do
+        not overlap (check with :func:`box_area`).
+    """
+    out_h, out_w = _to_hw(out_size, 'out_size')
+    box_a, box_b = _match(_as_boxes(box_a, 'box_a'), _as_boxes(box_b, 'box_b'))
+    inter = box_intersection(box_a, box_b)
+    inter, box_a = _match(inter, box_a)
+    sx = out_w / (box_a[..., 2] - box_a[..., 0])
+    sy = out_h / (box_a[..., 3] - box_a[..., 1])
+    x1 = (inter[..., 0] - box_a[..., 0]) * sx
+    x2 = (inter[..., 2] - box_a[..., 0]) * sx
+    y1 = (inter[..., 1] - box_a[..., 1]) * sy
+    y2 = (inter[..., 3] - box_a[..., 1]) * sy
+    if isinstance(flip_a, torch.Tensor) or isinstance(flip_a, np.ndarray) or flip_a:
+        if isinstance(x1, torch.Tensor):
+            f = torch.as_tensor(flip_a, dtype=torch.bool, device=x1.device)
+            fx1 = torch.where(f, out_w - x2, x1)
+            fx2 = torch.where(f, out_w - x1, x2)
+        else:
+            f = np.asarray(flip_a, dtype=bool)
+            fx1 = np.where(f, out_w - x2, x1)
+            fx2 = np.where(f, out_w - x1, x2)
+        x1, x2 = fx1, fx2
+    return _stack([x1, y1, x2, y2])
+
+
+def crop_and_resize(img: np.ndarray,
+                    box: Sequence[float],
+                    out_size: Union[int, Sequence[int]],
+                    flip: bool = False,
+                    interpolation: str = 'bilinear',
+                    backend: str = 'pillow') -> np.ndarray:
+    """Cut integer ``box`` out of ``img``, resize it to ``out_size`` and optionally flip it.
+
+    Args:
+        img (np.ndarray): ``H x W`` or ``H x W x C`` image.
+        box (sequence[float]): ``(x1, y1, x2, y2)`` with integer values.
+        out_size (int | tuple[int, int]): ``s`` or ``(h, w)``.
+        flip (bool): Horizontal flip after resizing. Defaults to False.
+        interpolation (str): ``mmcv.imresize`` interpolation. Defaults to 'bilinear'.
+        backend (str): ``mmcv.imresize`` backend, 'pillow' or 'cv2'. Defaults to 'pillow'.
+
+    Returns:
+        np.ndarray: ``out_h x out_w (x C)`` crop, C-contiguous.
+    """
+    out_h, out_w = _to_hw(out_size, 'out_size')
+    x1, y1, x2, y2 = (int(round(v)) for v in box)
+    crop = img[y1:y2, x1:x2]
+    if crop.size == 0:
+        raise ValueError(f'box {tuple(box)} is empty or outside the image of shape {img.shape}')
+    crop = mmcv.imresize(crop, (out_w, out_h), interpolation=interpolation, backend=backend)
+    if flip:
+        crop = crop[:, ::-1]
+    return np.ascontiguousarray(crop)
+
+
+@TRANSFORMS.register_module()
+class GeometricMultiView(BaseTransform):
+    """Leopart/CoTAP multi-crop that records each crop's box and flip, with clean teacher copies.
+
+    Used by CoTAP (`arXiv 2509.09429 <https://arxiv.org/abs/2509.09429>`_), whose official code
+    takes the Leopart crops (`arXiv 2204.13101 <https://arxiv.org/abs/2204.13101>`_).
+
+    For each of ``num_global + num_local`` crops a RandomResizedCrop box is sampled
+    (:func:`sample_crop_box`), cut from the original image and resized (:func:`crop_and_resize`);
+    the geometric part is shared by the teacher and student copies of a crop, and the
+    ``student_pipeline`` (colour jitter, grayscale, blur, ...) is applied to the student copy only.
+
+    Overlap constraint (official code: crops re-sampled until they overlap the global crops, by
+    at least 2 % of the image area between global crops and 1 % between a local and the global
+    crops): global crop ``g`` is re-sampled until its intersection with every earlier global crop
+    is ``>= min_overlap[0] * H * W``; each local crop until its intersection with every global
+    crop (``local_overlap_mode='all'``, our reading of "overlaps the global crops") or with at
+    least one (``'any'``) is ``>= min_overlap[1] * H * W``. After ``max_overlap_tries`` samples
+    the candidate with the largest overlap is kept (so the transform never loops forever).
+
+    Differences to the official code, on purpose: the photometric augmentations of the official
+    code run on the GPU with one random draw per crop index for the whole batch; here they are
+    drawn per image and per crop (the usual per-sample augmentation), inside the data pipeline.
+
+    **Required keys:** ``img`` (``H x W x 3`` uint8, as ``LoadImageFromFile`` gives, BGR).
+
+    **Modified keys:** ``img`` -> list of ``V = num_global + num_local`` student crops
+    (globals first, then locals), ``img_shape`` -> list of per-crop ``(h, w)``.
+
+    **Added keys:**
+
+    - ``teacher_img``: list of clean crops (no ``student_pipeline``): the global crops
+      (``teacher_views='global'``) or all crops (``'all'``).
+    - ``teacher_view_indices``: ``np.ndarray[int64]`` of the crop indices ``teacher_img`` holds.
+    - ``crop_boxes``: ``np.ndarray[float32]`` of shape ``[V, 4]``, ``(x1, y1, x2, y2)`` of every
+      crop in original-image pixels (see the module docstring for the convention).
+    - ``crop_flips``: ``np.ndarray[bool]`` of shape ``[V]``, horizontal flip of every crop
+      (applied after resizing, to the teacher and student copy alike).
+    - ``ori_shape``: ``(H, W)``; ``num_global_crops``, ``num_local_crops``: ints.
+
+    Args:
+        num_global (int): Number of global crops. Defaults to 2.
+        global_size (int | tuple[int, int]): Output size of global crops. Defaults to 224.
+        global_scale (tuple[float, float]): Area range of global crops. Defaults to (0.25, 1.0).
+        num_local (int): Number of local crops. Defaults to 4.
+        local_size (int | tuple[int, int]): Output size of local crops. Defaults to 96.
+        local_scale (tuple[float, float]): Area range of local crops. Defaults to (0.05, 0.1).
+        ratio (tuple[float, float]): Aspect-ratio (w/h) range. Defaults to (3/4, 4/3).
+        flip_prob (float): Probability of a horizontal flip per crop. Defaults to 0.0 (the
+            official Leopart/CoTAP pipeline does not flip).
+        min_overlap (tuple[float, float] | None): Minimal intersection, as a fraction of the image
+            area, ``(between global crops, between a local and the global crops)``; None disables
+            the constraint. Defaults to (0.02, 0.01).
+        local_overlap_mode (str): 'all' or 'any' global crop must be overlapped by a local crop.
+            Defaults to 'all'.
+        max_overlap_tries (int): Samples per crop before keeping the best one. Defaults to 100.
+        student_pipeline (list[dict | callable] | None): Transforms applied per crop to the
+            student copy only, each to a dict ``{'img': crop, 'img_shape', 'crop_index',
+            'is_global'}``. Defaults to None (student = teacher crop).
+        teacher_views (str): 'global' or 'all'. Defaults to 'global'.
+        interpolation (str): Resize interpolation. Defaults to 'bilinear'.
+        backend (str): Resize backend, 'pillow' (antialiased, like the official torchvision-on-PIL
+            pipeline) or 'cv2'. Defaults to 'pillow'.
+        seed (int | None): If given, crops are drawn from a private ``np.random.RandomState(seed)``
+            (for tests and debugging: with dataloader workers every worker would repeat the same
+            sequence). Defaults to None: the global ``np.random`` state, which mmengine seeds per
+            worker. The ``student_pipeline`` transforms use their own RNGs.
+    """
+
+    def __init__(self,
+                 num_global: int = 2,
+                 global_size: Union[int, Sequence[int]] = 224,
+                 global_scale: Tuple[float, float] = (0.25, 1.0),
+                 num_local: int = 4,
+                 local_size: Union[int, Sequence[int]] = 96,
+                 local_scale: Tuple[float, float] = (0.05, 0.1),
+                 ratio: Tuple[float, float] = (3. / 4., 4. / 3.),
+                 flip_prob: float = 0.0,
+                 min_overlap: Optional[Tuple[float, float]] = (0.02, 0.01),
+                 local_overlap_mode: str = 'all',
+                 max_overlap_tries: int = 100,
+                 student_pipeline: Optional[List[Union[dict, Any]]] = None,
+                 teacher_views: str = 'global',
+                 interpolation: str = 'bilinear',
+                 backend: str = 'pillow',
+                 seed: Optional[int] = None) -> None:
+        for name, val in (('num_global', num_global), ('num_local', num_local)):
+            if not isinstance(val, int) or val < 0:
+                raise ValueError(f'{name} must be a non-negative int, got {val!r}')
+        if num_global + num_local == 0:
+            raise ValueError('num_global + num_local must be at least 1, got 0')
+        self.num_global = num_global
+        self.num_local = num_local
+        self.global_size = _to_hw(global_size, 'global_size')
+        self.local_size = _to_hw(local_size, 'local_size')
+        self.global_scale = _check_range(global_scale, 'global_scale', 0.0, 1.0)
+        self.local_scale = _check_range(local_scale, 'local_scale', 0.0, 1.0)
+        self.ratio = _check_range(ratio, 'ratio')
+        if not 0.0 <= float(flip_prob) <= 1.0:
+            raise ValueError(f'flip_prob must be in [0, 1], got {flip_prob!r}')
+        self.flip_prob = float(flip_prob)
+        if min_overlap is not None:
+            if (not isinstance(min_overlap, (tuple, list)) or len(min_overlap) != 2
+                    or not all(0.0 <= float(v) <= 1.0 for v in min_overlap)):
+                raise ValueError('min_overlap must be None or a pair of fractions in [0, 1] '
+                                 f'(global-global, local-global), got {min_overlap!r}')
+            min_overlap = (float(min_overlap[0]), float(min_overlap[1]))
+        self.min_overlap = min_overlap
+        if local_overlap_mode not in ('all', 'any'):
+            raise ValueError("local_overlap_mode must be 'all' or 'any', "
+                             f'got {local_overlap_mode!r}')
+        self.local_overlap_mode = local_overlap_mode
+        if not isinstance(max_overlap_tries, int) or max_overlap_tries < 1:
+            raise ValueError(f'max_overlap_tries must be a positive int, got {max_overlap_tries!r}')
+        self.max_overlap_tries = max_overlap_tries
+        if teacher_views not in ('global', 'all'):
+            raise ValueError(f"teacher_views must be 'global' or 'all', got {teacher_views!r}")
+        if teacher_views == 'global' and num_global == 0:
+            raise ValueError("teacher_views='global' needs num_global >= 1")
+        self.teacher_views = teacher_views
+        self.interpolation = interpolation
+        self.backend = backend
+        self.seed = seed
+        self._rng = np.random.RandomState(seed) if seed is not None else None
+        self.student_pipeline = []
+        for t in student_pipeline or []:
+            t = TRANSFORMS.build(t) if isinstance(t, dict) else t
+            if not callable(t):
+                raise TypeError(f'student_pipeline items must be transform configs or callables, '
+                                f'got {type(t)}')
+            self.student_pipeline.append(t)
+
+    @property
+    def rng(self) -> RNG:
+        return self._rng if self._rng is not None else np.random
+
+    def sample_boxes(self, h: int, w: int) -> np.ndarray:
+        """Sample all ``V`` crop boxes for an ``h x w`` image under the overlap constraint.
+
+        Returns:
+            np.ndarray: ``[V, 4]`` float32 boxes, globals first.
+        """
+        rng = self.rng
+        area = float(h * w)
+        boxes: List[Tuple[float, ...]] = []
+        for v in range(self.num_global + self.num_local):
+            is_global = v < self.num_global
+            scale = self.global_scale if is_global else self.local_scale
+            others = boxes[:v] if is_global else boxes[:self.num_global]
+            thr = None
+            if self.min_overlap is not None and others:
+                thr = self.min_overlap[0] if is_global else self.min_overlap[1]
+            best, best_score = None, -1.0
+            for _ in range(self.max_overlap_tries if thr is not None else 1):
+                box = sample_crop_box(h, w, scale, self.ratio, rng)
+                if thr is None:
+                    best = box
+                    break
+                fracs = box_area(box_intersection(np.asarray(others), np.asarray(box))) / area
+                reduce = np.max if (not is_global and self.local_overlap_mode == 'any') else np.min
+                score = float(reduce(fracs))
+                if score > best_score:
+                    best, best_score = box, score
+                if score >= thr:
+                    break
+            boxes.append(best)
+        return np.asarray(boxes, dtype=np.float32)
+
+    def transform(self, results: Dict) -> Dict:
+        img = results.get('img')
+        if not isinstance(img, np.ndarray) or img.ndim not in (2, 3):
+            raise TypeError("GeometricMultiView expects results['img'] to be an H x W (x C) "
+                            f'numpy array, got {type(img)}')
+        h, w = img.shape[:2]
+        boxes = self.sample_boxes(h, w)
+        num_views = len(boxes)
+        flips = np.array([self.flip_prob > 0 and self.rng.rand() < self.flip_prob
+                          for _ in range(num_views)], dtype=bool)
+        clean, student = [], []
+        for v in range(num_views):
+            is_global = v < self.num_global
+            size = self.global_size if is_global else self.local_size
+            crop = crop_and_resize(img, boxes[v], size, bool(flips[v]), self.interpolation,
+                                   self.backend)
+            clean.append(crop)
+            if self.student_pipeline:
+                d = dict(img=crop.copy(), img_shape=crop.shape[:2], crop_index=v,
+                         is_global=is_global)
+                for t in self.student_pipeline:
+                    d = t(d)
+                    if d is None:
+                        raise RuntimeError(f'student_pipeline transform {t!r} returned None')
+                student.append(d['img'])
+            else:
+                student.append(crop.copy())
+        teacher_idx = (np.arange(self.num_global) if self.teacher_views == 'global' else
+                       np.arange(num_views)).astype(np.int64)
+        results['img'] = student
+        results['teacher_img'] = [clean[i] for i in teacher_idx]
+        results['teacher_view_indices'] = teacher_idx
+        results['img_shape'] = [c.shape[:2] for c in student]
+        results['ori_shape'] = (h, w)
+        results['crop_boxes'] = boxes
+        results['crop_flips'] = flips
+        results['num_global_crops'] = self.num_global
+        results['num_local_crops'] = self.num_local
+        return results
+
+    def __repr__(self) -> str:
+        return (f'{self.__class__.__name__}(num_global={self.num_global}, '
+                f'global_size={self.global_size}, global_scale={self.global_scale}, '
+                f'num_local={self.num_local}, local_size={self.local_size}, '
+                f'local_scale={self.local_scale}, ratio={self.ratio}, '
+                f'flip_prob={self.flip_prob}, min_overlap={self.min_overlap}, '
+                f'local_overlap_mode={self.local_overlap_mode!r}, '
+                f'teacher_views={self.teacher_views!r}, '
+                f'student_pipeline={self.student_pipeline})')
+
+
+__all__ = [
+    'sample_crop_box', 'box_area', 'box_intersection', 'overlap_in_crop_coords',
+    'crop_and_resize', 'GeometricMultiView'
+]

@@ -1,0 +1,3 @@
+from .cotap_vit import CoTAPViT
+
+__all__ = ['CoTAPViT']

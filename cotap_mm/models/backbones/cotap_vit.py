@@ -1,0 +1,284 @@
+"""DINO-layout Vision Transformer for CoTAP, with access to the last block's input and CLS attention.
+
+CoTAP: "Semantic Concentration for Self-Supervised Dense Representations Learning",
+https://arxiv.org/abs/2509.09429 (official code: github.com/KID-7391/CoTAP).
+"""
+import math
+from typing import Dict, Optional, Sequence, Tuple, Union
+
+import torch
+import torch.nn.functional as F
+from mmpretrain.models.backbones import VisionTransformer
+from mmpretrain.models.backbones.vision_transformer import TransformerEncoderLayer
+from mmpretrain.models.utils import resize_pos_embed
+from mmpretrain.registry import MODELS
+
+__all__ = ['CoTAPViT', 'foreground_mask', 'gaussian_blur2d', 'remove_small_components']
+
+
+@MODELS.register_module()
+class CoTAPViT(VisionTransformer):
+    """DINO-style ViT (mmpretrain ``VisionTransformer``) exposing what CoTAP needs from the last block.
+
+    Paper: `Semantic Concentration for Self-Supervised Dense Representations Learning
+    <https://arxiv.org/abs/2509.09429>`_. CoTAP post-pretrains DINO / iBOT / Mugs / Leopart ViTs: qkv
+    bias, LayerNorm eps 1e-6, no drop-path. The object-aware filter
+    (:class:`~cotap_mm.models.necks.object_prototype_neck.ObjectPrototypeNeck`) re-runs the *last*
+    block, so this backbone gives the tokens entering it (:meth:`forward_pre_last`), the block itself
+    (:attr:`last_block`) and its CLS->patch attention (:meth:`last_cls_attention`, used for the teacher
+    foreground mask, :func:`foreground_mask`). :meth:`forward` is mmpretrain's unchanged, so the
+    backbone works in mmseg/mmdet configs as ``type='mmpretrain.CoTAPViT', out_type='featmap'``.
+
+    Args:
+        arch (str | dict): 'dino-s' / 'dino-small' (embed 384, 12 layers, 6 heads, mlp 1536),
+            'dino-b' / 'dino-base' (768, 12, 12, 3072), any mmpretrain ViT arch name, or a dict with
+            ``embed_dims``, ``num_layers``, ``num_heads``, ``feedforward_channels``. Note mmpretrain's
+            ``'s'``/``'small'`` is *not* DINO's ViT-S. Defaults to 'dino-s'.
+        img_size (int | tuple): pretraining image size (sets the stored pos-embed grid). Defaults to 224.
+        patch_size (int): 16 for ViT-S/16, ViT-B/16; 8 for ViT-B/8, ViT-S/8. Defaults to 16.
+        drop_path_rate (float): stochastic depth. Defaults to 0 (as CoTAP).
+        qkv_bias (bool): Defaults to True.
+        norm_cfg (dict): Defaults to ``dict(type='LN', eps=1e-6)``.
+        **kwargs: everything else of :class:`mmpretrain.models.backbones.VisionTransformer`
+            (``out_type``, ``out_indices``, ``final_norm``, ``frozen_stages``, ``init_cfg``, ...).
+    """
+    arch_zoo = {
+        **VisionTransformer.arch_zoo,
+        **dict.fromkeys(['dino-s', 'dino-small'], {
+            'embed_dims': 384,
+            'num_layers': 12,
+            'num_heads': 6,
+            'feedforward_channels': 1536,
+        }),
+        **dict.fromkeys(['dino-b', 'dino-base'], {
+            'embed_dims': 768,
+            'num_layers': 12,
+            'num_heads': 12,
+            'feedforward_channels': 3072,
+        }),
+    }
+
+    def __init__(self,
+                 arch: Union[str, Dict[str, int]] = 'dino-s',
+                 img_size: Union[int, Tuple[int, int]] = 224,
+                 patch_size: int = 16,
+                 drop_path_rate: float = 0.,
+                 qkv_bias: bool = True,
+                 norm_cfg: Optional[dict] = None,
+                 **kwargs) -> None:
+        if norm_cfg is None:
+            norm_cfg = dict(type='LN', eps=1e-6)
+        super().__init__(
+            arch=arch,
+            img_size=img_size,
+            patch_size=patch_size,
+            drop_path_rate=drop_path_rate,
+            qkv_bias=qkv_bias,
+            norm_cfg=norm_cfg,
+            **kwargs)
+        self.num_heads: int = self.arch_settings['num_heads']
+
+    @property
+    def last_block(self) -> TransformerEncoderLayer:
+        """The last transformer block (the one the object-aware filter re-runs)."""
+        return self.layers[-1]
+
+    def embed(self, x: torch.Tensor) -> Tuple[torch.Tensor, Tuple[int, int]]:
+        """Patch embedding + CLS token + pos-embed (resized to the input grid) + dropout + pre-norm.
+
+        Args:
+            x (Tensor): images [B, 3, H, W].
+
+        Returns:
+            tuple: tokens [B, 1+N, C] (N = h*w) and the patch grid (h, w).
+        """
+        if x.dim() != 4:
+            raise ValueError(f'x must be an image batch [B, C, H, W], got shape {tuple(x.shape)}')
+        B = x.shape[0]
+        x, patch_resolution = self.patch_embed(x)
+        if self.cls_token is not None:
+            x = torch.cat((self.cls_token.expand(B, -1, -1), x), dim=1)
+        x = x + resize_pos_embed(
+            self.pos_embed,
+            self.patch_resolution,
+            patch_resolution,
+            mode=self.interpolate_mode,
+            num_extra_tokens=self.num_extra_tokens)
+        x = self.drop_after_pos(x)
+        x = self.pre_norm(x)
+        return x, tuple(patch_resolution)
+
+    def forward_pre_last(self, x: torch.Tensor) -> Tuple[torch.Tensor, Tuple[int, int]]:
+        """Tokens entering the last block.
+
+        Args:
+            x (Tensor): images [B, 3, H, W].
+
+        Returns:
+            tuple: tokens [B, 1+N, C] after embedding and all blocks but the last, and the patch
+            grid (h, w) with N = h*w.
+        """
+        tokens, hw = self.embed(x)
+        for layer in self.layers[:-1]:
+            tokens = layer(tokens)
+        return tokens, hw
+
+    def last_cls_attention(self, tokens_pre_last: torch.Tensor) -> torch.Tensor:
+        """CLS->patch self-attention of the last block (DINO's ``get_last_selfattention()[:, :, 0, 1:]``).
+
+        Computed from the last block's ``ln1`` and ``attn.qkv`` with scale head_dim**-0.5; the softmax
+        runs over all 1+N keys (CLS included) and the CLS->CLS entry is then dropped (not renormalised),
+        exactly like DINO / Leopart.
+
+        Args:
+            tokens_pre_last (Tensor): [B, 1+N, C] from :meth:`forward_pre_last`.
+
+        Returns:
+            Tensor: [B, num_heads, N].
+        """
+        if self.cls_token is None:
+            raise ValueError('last_cls_attention needs a CLS token (with_cls_token=True)')
+        if tokens_pre_last.dim() != 3 or tokens_pre_last.shape[-1] != self.embed_dims:
+            raise ValueError('tokens_pre_last must be [B, 1+N, embed_dims='
+                             f'{self.embed_dims}], got shape {tuple(tokens_pre_last.shape)}')
+        blk = self.last_block
+        B, L, C = tokens_pre_last.shape
+        H = blk.attn.num_heads
+        d = blk.attn.head_dims
+        qkv = blk.attn.qkv(blk.ln1(tokens_pre_last)).reshape(B, L, 3, H, d)
+        q = qkv[:, :1, 0].transpose(1, 2)  # [B, H, 1, d]
+        k = qkv[:, :, 1].transpose(1, 2)  # [B, H, L, d]
+        attn = (q * d**-0.5) @ k.transpose(-2, -1)  # [B, H, 1, L]
+        attn = attn.softmax(dim=-1)
+        return attn[:, :, 0, self.num_extra_tokens:]
+
+
+def _gaussian_kernel1d(kernel_size: int, sigma: float, dtype: torch.dtype,
+                       device: torch.device) -> torch.Tensor:
+    x = torch.arange(kernel_size, dtype=torch.float64) - (kernel_size - 1) / 2
+    g = torch.exp(-x**2 / (2 * sigma**2))
+    return (g / g.sum()).to(dtype=dtype, device=device)
+
+
+def gaussian_blur2d(x: torch.Tensor, kernel_size: int = 7, sigma: float = 0.6) -> torch.Tensor:
+    """Separable normalised Gaussian blur with reflect padding (kornia's ``gaussian_blur2d`` default).
+
+    Args:
+        x (Tensor): [B, h, w] maps.
+        kernel_size (int): odd size. Defaults to 7.
+        sigma (float): std in pixels (patches). Defaults to 0.6.
+
+    Returns:
+        Tensor: [B, h, w].
+    """
+    if kernel_size < 1 or kernel_size % 2 == 0:
+        raise ValueError(f'kernel_size must be a positive odd int, got {kernel_size}')
+    if sigma <= 0:
+        raise ValueError(f'sigma must be > 0, got {sigma}')
+    if x.dim() != 3:
+        raise ValueError(f'x must be [B, h, w], got shape {tuple(x.shape)}')
+    pad = kernel_size // 2
+    if pad >= min(x.shape[-2:]):
+        raise ValueError(f'reflect padding needs h, w > kernel_size // 2 = {pad}, got grid '
+                         f'{tuple(x.shape[-2:])}; use a smaller blur_kernel')
+    g = _gaussian_kernel1d(kernel_size, sigma, x.dtype, x.device)
+    y = F.pad(x[:, None], (pad, pad, pad, pad), mode='reflect')
+    y = F.conv2d(y, g.view(1, 1, 1, -1))
+    y = F.conv2d(y, g.view(1, 1, -1, 1))
+    return y[:, 0]
+
+
+def remove_small_components(mask: torch.Tensor, min_size: int) -> torch.Tensor:
+    """Drop 8-connected components with fewer than ``min_size`` pixels from a boolean mask.
+
+    Pure torch (runs on the mask's device): labels are propagated by 3x3 max-pooling until stable;
+    8-connectivity matches ``skimage.measure.label``'s default used by Leopart.
+
+    Args:
+        mask (BoolTensor): [B, h, w].
+        min_size (int): components with fewer pixels are removed; <= 1 keeps everything.
+
+    Returns:
+        BoolTensor: [B, h, w].
+    """
+    if mask.dtype != torch.bool or mask.dim() != 3:
+        raise ValueError(f'mask must be a bool tensor [B, h, w], got {mask.dtype} {tuple(mask.shape)}')
+    if min_size <= 1 or mask.numel() == 0:
+        return mask
+    B, h, w = mask.shape
+    n = h * w
+    fg = mask.to(torch.float64)[:, None]
+    labels = torch.arange(1, n + 1, dtype=torch.float64, device=mask.device).view(1, 1, h, w) * fg
+    for _ in range(n):
+        new = F.max_pool2d(labels, 3, stride=1, padding=1) * fg
+        if torch.equal(new, labels):
+            break
+        labels = new
+    lab = labels.view(B, n).long()
+    counts = torch.zeros(B, n + 1, dtype=torch.long, device=mask.device)
+    counts.scatter_add_(1, lab, torch.ones_like(lab))
+    size = counts.gather(1, lab)
+    keep = mask.view(B, n) & (size >= min_size)
+    return keep.view(B, h, w)
+
+
+def foreground_mask(cls_attn: torch.Tensor,
+                    hw: Optional[Sequence[int]] = None,
+                    keep_mass: float = 0.6,
+                    blur_kernel: int = 7,
+                    blur_sigma: float = 0.6,
+                    min_component_size: int = 3) -> torch.Tensor:
+    """Binary foreground mask from CLS->patch attention (Leopart's ``process_attentions``).
+
+    Steps, as in Leopart (which CoTAP builds on) and METHOD_cotap §1:
+
+    1. **Average over heads first** (Leopart averages the heads' attention maps, then processes the
+       single averaged map; DINO's ``visualize_attention`` instead thresholds each head). Because the
+       blur is linear, averaging before or after blurring gives the same map.
+    2. Gaussian blur, ``blur_kernel`` x ``blur_kernel``, sigma ``blur_sigma``, reflect padding
+       (kornia's ``gaussian_blur2d`` default, used by Leopart).
+    3. Keep the smallest set of patches holding ``keep_mass`` of the (blurred) attention mass:
+       sort ascending, normalise, keep patches whose inclusive cumulative mass exceeds 1 - keep_mass.
+    4. Remove 8-connected components with fewer than ``min_component_size`` patches (Leopart removes
+       components of <= 2 pixels, i.e. ``min_component_size=3``; METHOD_cotap does not mention this
+       step; pass 0 to skip it).
+
+    Args:
+        cls_attn (Tensor): [B, heads, h, w] or [B, heads, N] attention of CLS to the patches.
+        hw (Sequence[int], optional): (h, w) when ``cls_attn`` is [B, heads, N]; if None, N must be
+            a perfect square.
+        keep_mass (float): fraction of attention mass kept, in (0, 1]. Defaults to 0.6.
+        blur_kernel (int): odd Gaussian kernel size. Defaults to 7.
+        blur_sigma (float): Gaussian std (patches). Defaults to 0.6.
+        min_component_size (int): see step 4. Defaults to 3.
+
+    Returns:
+        BoolTensor: [B, h, w], True = foreground. No gradient.
+    """
+    if not 0 < keep_mass <= 1:
+        raise ValueError(f'keep_mass must be in (0, 1], got {keep_mass}')
+    if cls_attn.dim() == 3:
+        B, nh, N = cls_attn.shape
+        if hw is None:
+            side = math.isqrt(N)
+            if side * side != N:
+                raise ValueError(f'cls_attn has N={N} patches, not a square grid: pass hw=(h, w)')
+            hw = (side, side)
+        h, w = int(hw[0]), int(hw[1])
+        if h * w != N:
+            raise ValueError(f'hw={tuple(hw)} does not match N={N} patches of cls_attn')
+        cls_attn = cls_attn.reshape(B, nh, h, w)
+    elif cls_attn.dim() != 4:
+        raise ValueError('cls_attn must be [B, heads, h, w] or [B, heads, N], got shape '
+                         f'{tuple(cls_attn.shape)}')
+    with torch.no_grad():
+        a = cls_attn.detach().float().mean(dim=1)  # [B, h, w]
+        a = gaussian_blur2d(a, blur_kernel, blur_sigma)
+        B, h, w = a.shape
+        flat = a.reshape(B, h * w)
+        val, idx = torch.sort(flat, dim=1)
+        cum = torch.cumsum(val / val.sum(dim=1, keepdim=True).clamp_min(1e-12), dim=1)
+        keep_sorted = cum > (1 - keep_mass)
+        keep = torch.zeros_like(keep_sorted).scatter(1, idx, keep_sorted)
+        mask = keep.view(B, h, w)
+        return remove_small_components(mask, min_component_size)

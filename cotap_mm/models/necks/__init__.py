@@ -1,0 +1,3 @@
+from .object_prototype_neck import ObjectPrototypeNeck
+
+__all__ = ['ObjectPrototypeNeck']

@@ -1,0 +1,186 @@
+"""CoTAP's object-aware filter: the last ViT block re-run with cross-attention to spatial prototypes.
+
+CoTAP: "Semantic Concentration for Self-Supervised Dense Representations Learning",
+https://arxiv.org/abs/2509.09429 (official code: github.com/KID-7391/CoTAP,
+``models/vit/vision_transformer_depth.py``, ``Block.forward_kernel``).
+"""
+from typing import Optional, Sequence, Tuple
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from mmengine.model import BaseModule
+from mmengine.model.weight_init import trunc_normal_
+from mmpretrain.registry import MODELS
+
+from .prototype_ops import kmeans_prototypes, prototype_conv_scores
+
+__all__ = ['ObjectPrototypeNeck']
+
+
+@MODELS.register_module()
+class ObjectPrototypeNeck(BaseModule):
+    """Object-aware filter of CoTAP (METHOD_cotap §3).
+
+    Paper: `Semantic Concentration for Self-Supervised Dense Representations Learning
+    <https://arxiv.org/abs/2509.09429>`_.
+
+    Given the tokens entering the backbone's last block and that block (shared weights), returns
+    ``concat[ordinary, filtered]`` tokens of width 2C:
+
+    * ordinary = ``block(tokens)``.
+    * filtered: queries = ``block.attn.qkv(block.ln1(tokens))`` (q part, per head); keys / values =
+      the same ``qkv`` applied to ``norm_in(prototypes)`` (each prototype = K x K cells of C channels).
+      A patch's score for prototype m sums <q(neighbour), k_m(offset)> over its K x K neighbourhood
+      (zero padding: :func:`~cotap_mm.models.necks.prototype_ops.prototype_conv_scores`), times
+      ``scale`` (default M**-0.5, not head_dim**-0.5, as official), softmax over the M prototypes;
+      value of prototype m = its v averaged over the K x K cells. The CLS token uses keys averaged
+      over the cells (plain dot product, same ``scale``). Attention output -> ``block.attn.proj``
+      (then the block's own proj-dropout / layer-scale / drop-path, identities by default) ->
+      residual added to the block *input* tokens -> ``block.ffn(block.ln2(x), identity=x)``.
+    * outputs: ``norm_out_cls(concat)`` for CLS [B, 2C], ``norm_out_patch(concat)`` for patches.
+
+    The prototypes are used detached (official: ``self.kernel.data``): the SSL losses never reach
+    them; they are learnt only through
+    :class:`~cotap_mm.models.losses.prototype_entropy_loss.PrototypeEntropyLoss` and initialised by
+    :meth:`init_prototypes_` (k-means on a bank of pooled tokens; the algorithm calls it on rank 0
+    and broadcasts). ``prototypes_initialized`` is a bool buffer, so it is saved in checkpoints.
+
+    Args:
+        embed_dims (int): C, the backbone width.
+        num_prototypes (int): M. Defaults to 64.
+        kernel_size (int): K, odd spatial size of a prototype. Defaults to 3.
+        scale (float, optional): score scale; None means ``num_prototypes ** -0.5``.
+            Defaults to None.
+        norm_eps (float): eps of the three new LayerNorms. Defaults to 1e-6 (as the DINO ViT's).
+        init_cfg (dict, optional): mmengine init config. Defaults to None.
+    """
+
+    def __init__(self,
+                 embed_dims: int,
+                 num_prototypes: int = 64,
+                 kernel_size: int = 3,
+                 scale: Optional[float] = None,
+                 norm_eps: float = 1e-6,
+                 init_cfg: Optional[dict] = None) -> None:
+        super().__init__(init_cfg=init_cfg)
+        if not isinstance(embed_dims, int) or embed_dims < 1:
+            raise ValueError(f'embed_dims must be a positive int, got {embed_dims!r}')
+        if not isinstance(num_prototypes, int) or num_prototypes < 1:
+            raise ValueError(f'num_prototypes must be a positive int, got {num_prototypes!r}')
+        if not isinstance(kernel_size, int) or kernel_size < 1 or kernel_size % 2 == 0:
+            raise ValueError(f'kernel_size must be a positive odd int, got {kernel_size!r}')
+        self.embed_dims = embed_dims
+        self.num_prototypes = num_prototypes
+        self.kernel_size = kernel_size
+        self.scale = float(num_prototypes**-0.5 if scale is None else scale)
+        self.prototypes = nn.Parameter(
+            torch.empty(num_prototypes, embed_dims, kernel_size, kernel_size))
+        trunc_normal_(self.prototypes, std=1.0)
+        self.norm_in = nn.LayerNorm(embed_dims, eps=norm_eps)
+        self.norm_out_patch = nn.LayerNorm(2 * embed_dims, eps=norm_eps)
+        self.norm_out_cls = nn.LayerNorm(2 * embed_dims, eps=norm_eps)
+        self.register_buffer('prototypes_initialized', torch.tensor(False))
+
+    @property
+    def out_channels(self) -> int:
+        """Width of the output tokens (2C)."""
+        return 2 * self.embed_dims
+
+    # ------------------------------------------------------------------ prototypes
+    @torch.no_grad()
+    def load_prototypes_(self, prototypes: torch.Tensor) -> None:
+        """Copy given prototypes [M, C, K, K] in and mark them initialised."""
+        if tuple(prototypes.shape) != tuple(self.prototypes.shape):
+            raise ValueError(f'prototypes must have shape {tuple(self.prototypes.shape)}, got '
+                             f'{tuple(prototypes.shape)}')
+        self.prototypes.copy_(prototypes.to(self.prototypes))
+        self.prototypes_initialized.fill_(True)
+
+    @torch.no_grad()
+    def init_prototypes_(self, bank: torch.Tensor, iters: int = 3000, seed: int = 0,
+                         init: str = 'random') -> None:
+        """Set the prototypes by spherical k-means on ``bank`` [S, C, K, K] (S >= M).
+
+        See :func:`~cotap_mm.models.necks.prototype_ops.kmeans_prototypes`. Sets
+        ``prototypes_initialized`` to True. Distributed broadcast is the caller's job.
+        """
+        expected = (self.embed_dims, self.kernel_size, self.kernel_size)
+        if bank.dim() != 4 or tuple(bank.shape[1:]) != expected:
+            raise ValueError(f'bank must be [S, {expected[0]}, {expected[1]}, {expected[2]}], got '
+                             f'{tuple(bank.shape)}')
+        centres = kmeans_prototypes(bank, self.num_prototypes, iters=iters, seed=seed, init=init)
+        self.load_prototypes_(centres)
+
+    # ------------------------------------------------------------------ forward
+    def _prototype_kv(self, block: nn.Module) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Keys and values of the (detached) prototypes: each [M, H, K, K, d]."""
+        attn = block.attn
+        C, H = self.embed_dims, attn.num_heads
+        d = C // H
+        M, K = self.num_prototypes, self.kernel_size
+        cells = self.prototypes.detach().permute(0, 2, 3, 1)  # [M, K, K, C]
+        cells = self.norm_in(cells)
+        w, b = attn.qkv.weight, attn.qkv.bias
+        kv = F.linear(cells, w[C:], None if b is None else b[C:])  # [M, K, K, 2C]
+        kv = kv.reshape(M, K, K, 2, H, d).permute(3, 0, 4, 1, 2, 5)  # [2, M, H, K, K, d]
+        return kv[0], kv[1]
+
+    def _attn_out(self, block: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        """The block's attention output path after the heads: proj, proj-drop, layer-scale, drop-path."""
+        attn = block.attn
+        x = attn.proj(x)
+        return attn.out_drop(attn.gamma1(attn.proj_drop(x)))
+
+    def forward(self, tokens_pre_last: torch.Tensor, hw: Sequence[int],
+                block: nn.Module) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Run the last block normally and filtered, concatenate, normalise.
+
+        Args:
+            tokens_pre_last (Tensor): [B, 1+N, C], CLS first, patches row-major (N = h*w).
+            hw (Sequence[int]): patch grid (h, w).
+            block (nn.Module): the backbone's last mmpretrain ``TransformerEncoderLayer``
+                (``ln1``, ``attn.qkv``, ``attn.proj``, ``ln2``, ``ffn``).
+
+        Returns:
+            tuple: ``cls`` [B, 2C] and ``patches`` [B, N, 2C].
+        """
+        x = tokens_pre_last
+        if x.dim() != 3 or x.shape[-1] != self.embed_dims:
+            raise ValueError(f'tokens_pre_last must be [B, 1+N, {self.embed_dims}], got shape '
+                             f'{tuple(x.shape)}')
+        h, w = int(hw[0]), int(hw[1])
+        B, L, C = x.shape
+        if L != 1 + h * w:
+            raise ValueError(f'tokens_pre_last has {L} tokens, expected 1 + h*w = {1 + h * w} for '
+                             f'hw={(h, w)}')
+        attn = block.attn
+        H = attn.num_heads
+        if C % H != 0:
+            raise ValueError(f'embed_dims={C} is not divisible by the block heads {H}')
+        d = C // H
+
+        ordinary = block(x)  # [B, 1+N, C]
+
+        y = block.ln1(x)
+        wq = attn.qkv.weight[:C]
+        bq = None if attn.qkv.bias is None else attn.qkv.bias[:C]
+        q = F.linear(y, wq, bq).reshape(B, L, H, d)  # [B, 1+N, H, d]
+        k, v = self._prototype_kv(block)  # [M, H, K, K, d]
+        k_mean = k.mean(dim=(2, 3))  # [M, H, d]
+        v_mean = v.mean(dim=(2, 3))  # [M, H, d]
+
+        # patches: 3x3-conv scores, softmax over prototypes
+        q_patch = q[:, 1:].reshape(B, h, w, H, d).permute(0, 3, 1, 2, 4)  # [B, H, h, w, d]
+        p_attn = (prototype_conv_scores(q_patch, k) * self.scale).softmax(dim=-1)  # [B, H, N, M]
+        out_patch = torch.einsum('bhnm,mhd->bnhd', p_attn, v_mean).reshape(B, h * w, C)
+        # CLS: plain dot product with cell-averaged keys
+        c_attn = (torch.einsum('bhd,mhd->bhm', q[:, 0], k_mean) * self.scale).softmax(dim=-1)
+        out_cls = torch.einsum('bhm,mhd->bhd', c_attn, v_mean).reshape(B, 1, C)
+
+        z = x + self._attn_out(block, torch.cat([out_cls, out_patch], dim=1))
+        z = block.ffn(block.ln2(z), identity=z)
+
+        cls = self.norm_out_cls(torch.cat([ordinary[:, 0], z[:, 0]], dim=-1))
+        patches = self.norm_out_patch(torch.cat([ordinary[:, 1:], z[:, 1:]], dim=-1))
+        return cls, patches

@@ -1,0 +1,64 @@
+"""Distributed launch on machines without CUDA (``../shared/design/STACK.md``, trap 2).
+
+mmengine 0.10.7's ``init_dist('pytorch')`` always calls ``torch.cuda.set_device``, which fails on a
+CPU-only machine, and its default DDP wrapper passes ``device_ids=[LOCAL_RANK]``. With CUDA present
+nothing here changes anything (nccl, one GPU per process, as mmengine does it).
+"""
+import os
+
+import torch
+import torch.distributed as torch_dist
+from mmengine.config import Config
+
+CPU_BACKEND = 'gloo'
+
+
+def adapt_cfg_for_launcher(cfg: Config, launcher: str) -> Config:
+    """Make ``cfg`` runnable under ``launcher`` on this machine; returns ``cfg`` (modified in place).
+
+    Without CUDA and with a distributed launcher: the process group uses ``gloo`` and is
+    initialised here without ``cuda.set_device`` (the runner then finds it initialised and skips its
+    own ``init_dist``), and the DDP wrapper gets ``device_ids=None``. ``SyncBN`` has no CPU path,
+    so ``cfg.sync_bn`` is refused with a clear error.
+
+    Raises:
+        ValueError: ``launcher`` is not one of ``none``, ``pytorch``, ``slurm``, ``mpi``; or a
+            CPU-only distributed run asks for ``sync_bn``; or a CPU-only run uses a launcher other
+            than ``pytorch``.
+    """
+    if launcher not in ('none', 'pytorch', 'slurm', 'mpi'):
+        raise ValueError(f'--launcher must be one of none/pytorch/slurm/mpi, got {launcher!r}')
+    if launcher == 'none' or torch.cuda.is_available():
+        return cfg
+    if launcher != 'pytorch':
+        raise ValueError(
+            f'--launcher {launcher} needs CUDA; on a CPU-only machine launch with torchrun '
+            '(tools/dist_train.sh), i.e. --launcher pytorch.')
+    if cfg.get('sync_bn'):
+        raise ValueError(f'cfg.sync_bn={cfg.sync_bn!r}: SyncBN has no CPU implementation; '
+                         'remove it (--cfg-options sync_bn=None) for a CPU run.')
+    env_cfg = cfg.setdefault('env_cfg', {})
+    dist_cfg = env_cfg.setdefault('dist_cfg', {})
+    dist_cfg['backend'] = CPU_BACKEND
+    wrapper = cfg.get('model_wrapper_cfg') or dict(type='MMDistributedDataParallel')
+    wrapper['device_ids'] = None
+    wrapper.setdefault('broadcast_buffers', False)
+    if 'find_unused_parameters' in cfg and wrapper.get('type') == 'MMDistributedDataParallel':
+        wrapper.setdefault('find_unused_parameters', cfg.find_unused_parameters)
+    cfg.model_wrapper_cfg = wrapper
+    init_cpu_process_group(dist_cfg)
+    return cfg
+
+
+def init_cpu_process_group(dist_cfg: dict) -> None:
+    """``torch.distributed.init_process_group`` from torchrun's environment, without CUDA."""
+    if torch_dist.is_available() and torch_dist.is_initialized():
+        return
+    missing = [k for k in ('RANK', 'WORLD_SIZE', 'MASTER_ADDR', 'MASTER_PORT') if k not in os.environ]
+    if missing:
+        raise RuntimeError(f'--launcher pytorch expects the torchrun environment; missing {missing}. '
+                           'Use tools/dist_train.sh or torchrun.')
+    kwargs = {k: v for k, v in dist_cfg.items() if k != 'backend'}
+    torch_dist.init_process_group(backend=dist_cfg.get('backend', CPU_BACKEND),
+                                  rank=int(os.environ['RANK']),
+                                  world_size=int(os.environ['WORLD_SIZE']), **kwargs)
