@@ -45,12 +45,14 @@ model = dict(
         stop_grad_conv1=True),
     neck=dict(type='NonLinearNeck', in_channels=embed_dims, hid_channels=256, out_channels=64,
               num_layers=3, with_bias=False, with_last_bn=True, with_last_bn_affine=False,
-              with_last_bias=False, with_avg_pool=False),
+              with_last_bias=False, with_avg_pool=False,
+              norm_cfg=dict(type='BN1d')),  # SyncBN (mmpretrain's default) has no CPU path
     head=dict(
         type='MoCoV3Head',
         predictor=dict(type='NonLinearNeck', in_channels=64, hid_channels=256, out_channels=64,
                        num_layers=2, with_bias=False, with_last_bn=True, with_last_bn_affine=False,
-                       with_last_bias=False, with_avg_pool=False),
+                       with_last_bias=False, with_avg_pool=False,
+                       norm_cfg=dict(type='BN1d')),
         loss=dict(type='CrossEntropyLoss', loss_weight=2 * temperature),
         temperature=temperature))
 

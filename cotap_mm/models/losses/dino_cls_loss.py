@@ -1,0 +1,169 @@
+"""Image-level self-distillation term (DINO cross-entropy on the CLS head) for CoTAP runs.
+
+CoTAP: "Semantic Concentration for Self-Supervised Dense Representations Learning",
+https://arxiv.org/abs/2509.09429. The official CoTAP CLS terms are SwAV/Sinkhorn-style with queues
+(METHOD_cotap §4); this module is the simpler DINO (https://arxiv.org/abs/2104.14294) loss, so that a
+CoTAP run keeps an image-level objective on its own.
+"""
+from typing import Optional, Sequence
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from mmengine.dist import all_reduce
+from mmpretrain.registry import MODELS
+
+__all__ = ['dino_cross_entropy', 'teacher_temperature', 'DINOClsLoss']
+
+
+def teacher_temperature(step: int, temp: float = 0.07, warmup_temp: float = 0.04,
+                        warmup_iters: int = 0) -> float:
+    """DINO's teacher temperature: linear from ``warmup_temp`` to ``temp`` over ``warmup_iters``.
+
+    Returns ``temp`` for ``step >= warmup_iters`` (and always when ``warmup_iters == 0``).
+    """
+    if warmup_iters <= 0 or step >= warmup_iters:
+        return float(temp)
+    step = max(int(step), 0)
+    return float(warmup_temp + (temp - warmup_temp) * step / warmup_iters)
+
+
+def dino_cross_entropy(student_logits: torch.Tensor,
+                       teacher_logits: torch.Tensor,
+                       center: torch.Tensor,
+                       student_temp: float = 0.1,
+                       teacher_temp: float = 0.07,
+                       student_view_ids: Optional[Sequence[int]] = None,
+                       teacher_view_ids: Optional[Sequence[int]] = None) -> torch.Tensor:
+    """DINO loss: mean over (student view, teacher view) pairs of different crops of
+    ``-sum_k softmax((t - c) / T_t)_k * log_softmax(s / T_s)_k``, averaged over the batch.
+
+    Args:
+        student_logits (Tensor): [Vs, B, K] head outputs of every student crop.
+        teacher_logits (Tensor): [Vt, B, K] teacher head outputs (detached here).
+        center (Tensor): [K] or [1, K] teacher centre.
+        student_temp (float): T_s. Defaults to 0.1.
+        teacher_temp (float): T_t. Defaults to 0.07.
+        student_view_ids (Sequence[int], optional): crop index of each student view; defaults
+            to ``range(Vs)``.
+        teacher_view_ids (Sequence[int], optional): crop index of each teacher view; defaults
+            to ``range(Vt)`` (teacher views = the first crops, the global ones). Pairs of the
+            same crop index are skipped, as in DINO.
+
+    Returns:
+        Tensor: scalar (float32).
+    """
+    if student_logits.dim() != 3 or teacher_logits.dim() != 3:
+        raise ValueError('student_logits and teacher_logits must be [views, B, K], got '
+                         f'{tuple(student_logits.shape)} and {tuple(teacher_logits.shape)}')
+    if student_logits.shape[1:] != teacher_logits.shape[1:]:
+        raise ValueError('student_logits and teacher_logits must agree in [B, K], got '
+                         f'{tuple(student_logits.shape)} and {tuple(teacher_logits.shape)}')
+    if student_temp <= 0 or teacher_temp <= 0:
+        raise ValueError(f'temperatures must be > 0, got student_temp={student_temp}, '
+                         f'teacher_temp={teacher_temp}')
+    Vs, Vt = student_logits.shape[0], teacher_logits.shape[0]
+    s_ids = list(range(Vs)) if student_view_ids is None else [int(i) for i in student_view_ids]
+    t_ids = list(range(Vt)) if teacher_view_ids is None else [int(i) for i in teacher_view_ids]
+    if len(s_ids) != Vs or len(t_ids) != Vt:
+        raise ValueError(f'student_view_ids / teacher_view_ids must have {Vs} / {Vt} entries, '
+                         f'got {len(s_ids)} / {len(t_ids)}')
+    center = center.reshape(1, 1, -1).float()
+    t_prob = F.softmax((teacher_logits.detach().float() - center) / teacher_temp, dim=-1)
+    s_logp = F.log_softmax(student_logits.float() / student_temp, dim=-1)
+    total, n = student_logits.new_zeros((), dtype=torch.float32), 0
+    for ti, t_id in enumerate(t_ids):
+        for si, s_id in enumerate(s_ids):
+            if s_id == t_id:
+                continue
+            total = total + (-(t_prob[ti] * s_logp[si]).sum(dim=-1)).mean()
+            n += 1
+    if n == 0:
+        raise ValueError('no (student, teacher) pair of different crops: student_view_ids='
+                         f'{s_ids}, teacher_view_ids={t_ids}')
+    return total / n
+
+
+@MODELS.register_module()
+class DINOClsLoss(nn.Module):
+    """DINO self-distillation loss with a centred, sharpened teacher (CoTAP's image-level term).
+
+    Paper: `Semantic Concentration for Self-Supervised Dense Representations Learning
+    <https://arxiv.org/abs/2509.09429>`_ (image-level terms, METHOD_cotap §4) and DINO
+    (https://arxiv.org/abs/2104.14294). Our choice: the official CoTAP image-level terms use
+    Sinkhorn codes with a queue; DINO's centring is used instead (simpler, no queue), because the
+    initialisations (DINO, iBOT) were trained with it.
+
+    The centre ``center`` [1, K] is a buffer (saved / resumed). After each training forward it is
+    updated with the batch mean of the teacher logits, averaged over processes with
+    ``mmengine.dist.all_reduce`` (a no-op when not distributed):
+    ``c <- m c + (1 - m) mean(teacher)``. The teacher temperature warms up linearly from
+    ``warmup_teacher_temp`` to ``teacher_temp`` over ``warmup_iters`` calls (counted by the buffer
+    ``num_updates``).
+
+    Args:
+        out_dim (int): K, the CLS head width. Defaults to 4096.
+        student_temp (float): Defaults to 0.1.
+        teacher_temp (float): Defaults to 0.07.
+        warmup_teacher_temp (float): Defaults to 0.04.
+        warmup_iters (int): Defaults to 0 (no warm-up; CoTAP post-pretrains a trained DINO).
+        center_momentum (float): Defaults to 0.9.
+        loss_weight (float): Defaults to 1.0.
+
+    ``forward(student_logits [Vs, B, K], teacher_logits [Vt, B, K], student_view_ids=None,
+    teacher_view_ids=None) -> scalar``.
+    """
+
+    def __init__(self,
+                 out_dim: int = 4096,
+                 student_temp: float = 0.1,
+                 teacher_temp: float = 0.07,
+                 warmup_teacher_temp: float = 0.04,
+                 warmup_iters: int = 0,
+                 center_momentum: float = 0.9,
+                 loss_weight: float = 1.0) -> None:
+        super().__init__()
+        if isinstance(out_dim, bool) or not isinstance(out_dim, int) or out_dim < 1:
+            raise ValueError(f'out_dim must be a positive int, got {out_dim!r}')
+        for name, val in (('student_temp', student_temp), ('teacher_temp', teacher_temp),
+                          ('warmup_teacher_temp', warmup_teacher_temp)):
+            if not val > 0:
+                raise ValueError(f'{name} must be > 0, got {val!r}')
+        if not 0.0 <= center_momentum <= 1.0:
+            raise ValueError(f'center_momentum must be in [0, 1], got {center_momentum!r}')
+        self.out_dim = out_dim
+        self.student_temp = float(student_temp)
+        self.teacher_temp = float(teacher_temp)
+        self.warmup_teacher_temp = float(warmup_teacher_temp)
+        self.warmup_iters = int(warmup_iters)
+        self.center_momentum = float(center_momentum)
+        self.loss_weight = float(loss_weight)
+        self.register_buffer('center', torch.zeros(1, out_dim))
+        self.register_buffer('num_updates', torch.tensor(0, dtype=torch.long))
+
+    def current_teacher_temp(self) -> float:
+        return teacher_temperature(int(self.num_updates.item()), self.teacher_temp,
+                                   self.warmup_teacher_temp, self.warmup_iters)
+
+    @torch.no_grad()
+    def update_center(self, teacher_logits: torch.Tensor) -> None:
+        """``c <- m c + (1 - m) * mean over views, batch and processes of teacher_logits``."""
+        t = teacher_logits.detach().float().reshape(-1, self.out_dim)
+        batch_center = t.mean(dim=0, keepdim=True)
+        all_reduce(batch_center, op='mean')
+        self.center.mul_(self.center_momentum).add_(batch_center * (1 - self.center_momentum))
+
+    def forward(self,
+                student_logits: torch.Tensor,
+                teacher_logits: torch.Tensor,
+                student_view_ids: Optional[Sequence[int]] = None,
+                teacher_view_ids: Optional[Sequence[int]] = None) -> torch.Tensor:
+        if student_logits.shape[-1] != self.out_dim or teacher_logits.shape[-1] != self.out_dim:
+            raise ValueError(f'logits must have last dimension out_dim={self.out_dim}, got '
+                             f'{tuple(student_logits.shape)} and {tuple(teacher_logits.shape)}')
+        loss = dino_cross_entropy(student_logits, teacher_logits, self.center, self.student_temp,
+                                  self.current_teacher_temp(), student_view_ids, teacher_view_ids)
+        if self.training:
+            self.update_center(teacher_logits)
+            self.num_updates.add_(1)
+        return self.loss_weight * loss
