@@ -310,6 +310,9 @@ class CoTAP(BaseSelfSupervisor):
         use_cls = _loss_enabled(self.cls_loss)
         use_proto = _loss_enabled(self.proto_loss)
         losses: Dict[str, torch.Tensor] = {}
+        if use_proto:
+            # before any forward: k-means changes the prototypes in place
+            self._maybe_init_prototypes()
 
         # ---- student
         s_tokens, hw, s_cls_g, s_patch = self._encode(self.student, torch.cat(student_views[:G]))
@@ -343,7 +346,6 @@ class CoTAP(BaseSelfSupervisor):
 
         if use_proto:
             self._update_bank(s_tokens, hw)
-            self._maybe_init_prototypes()
             protos = self.neck.prototypes
             if bool(self.neck.prototypes_initialized.item()):
                 with torch.autocast(device_type=protos.device.type, enabled=False):

@@ -1,0 +1,33 @@
+# CoTAP pretraining data: COCO train2017 images, unlabelled (standard layout data/coco/train2017/*.jpg).
+# Leopart/CoTAP multi-crop: 2 global 224 crops (scale 0.25-1) + 4 local 96 crops (0.05-0.1), no flip;
+# colour jitter / grayscale / blur on the student copies only; clean teacher copies of the global crops.
+dataset_type = 'CustomDataset'
+data_root = 'data/coco'
+
+student_pipeline = [
+    dict(type='HueSafeColorJitter', brightness=0.8, contrast=0.8, saturation=0.8, hue=0.2, prob=0.8),
+    dict(type='RandomGrayscale', prob=0.2, keep_channels=True, channel_weights=(0.114, 0.587, 0.299)),
+    dict(type='RandomGaussianBlur', sigma=(0.1, 2.0), kernel_size=7, prob=0.5),
+]
+geometric_views = dict(
+    type='GeometricMultiView',
+    num_global=2, global_size=224, global_scale=(0.25, 1.0),
+    num_local=4, local_size=96, local_scale=(0.05, 0.1),
+    flip_prob=0.0, min_overlap=(0.02, 0.01),
+    student_pipeline=student_pipeline,
+    teacher_views='global')
+train_pipeline = [
+    dict(type='LoadImageFromFile'),
+    geometric_views,
+    dict(type='PackGeometricViews'),
+]
+train_dataloader = dict(
+    batch_size=28,
+    num_workers=8,
+    persistent_workers=True,
+    pin_memory=True,
+    drop_last=True,
+    sampler=dict(type='InfiniteSampler', shuffle=True),
+    collate_fn=dict(type='default_collate'),
+    dataset=dict(type=dataset_type, data_root=data_root, data_prefix='train2017', with_label=False,
+                 pipeline=train_pipeline))

@@ -1,0 +1,37 @@
+# CoTAP (https://arxiv.org/abs/2509.09429) model: DINO-layout ViT + object-aware filter (64 prototypes)
+# + DINO projection heads (patch 512, CLS 4096) + EMA teacher. ViT-S/16 sizes; variants override.
+data_preprocessor = dict(
+    type='SelfSupDataPreprocessor',
+    mean=[123.675, 116.28, 103.53],
+    std=[58.395, 57.12, 57.375],
+    to_rgb=True)
+
+model = dict(
+    type='CoTAP',
+    data_preprocessor=data_preprocessor,
+    backbone=dict(type='CoTAPViT', arch='dino-s', img_size=224, patch_size=16, drop_path_rate=0.),
+    neck=dict(type='ObjectPrototypeNeck', num_prototypes=64, kernel_size=3),  # embed_dims = backbone's
+    patch_head=dict(type='DINOProjectionHead', hidden_channels=2048, bottleneck_channels=256,
+                    num_prototypes=512),  # in_channels = 2C
+    cls_head=dict(type='DINOProjectionHead', hidden_channels=2048, bottleneck_channels=256,
+                  num_prototypes=4096),
+    cotap_loss=dict(type='ContinuousAPLoss', tau=0.5, weight_thres=-0.2, alpha=0.1, loss_weight=1.0),
+    cls_loss=dict(type='DINOClsLoss', student_temp=0.1, teacher_temp=0.07, warmup_teacher_temp=0.04,
+                  warmup_iters=0, center_momentum=0.9, loss_weight=1.0),
+    proto_loss=dict(type='PrototypeEntropyLoss', temperature=0.1, loss_weight=1.0),
+    pool_scales=(7, 14),
+    topk=5,
+    num_random=5,
+    fg_cfg=dict(keep_mass=0.6, blur_kernel=7, blur_sigma=0.6, min_component_size=3),
+    bank_size=1024,
+    bank_samples_per_step=32,
+    kmeans_iters=3000,
+)
+
+# EMA teacher: cosine momentum 0.9997 -> 0.9999 (official training.ema)
+custom_hooks = [
+    dict(type='EMATeacherHook', momentum=0.9997, end_momentum=0.9999, teacher_name='teacher',
+         student_name='student', init_flag_name='teacher_initialized'),
+]
+# backbone's final norm (ln1) and the teacher are not used by the loss graph
+find_unused_parameters = True

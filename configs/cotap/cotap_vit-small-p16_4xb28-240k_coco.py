@@ -1,0 +1,51 @@
+# CoTAP (https://arxiv.org/abs/2509.09429) post-pretraining of DINO ViT-S/16 on COCO train2017,
+# official schedule: 4 GPUs x 28 images, 240k iterations, AdamW lr 3e-5 (heads 3e-4), cosine to 3e-6,
+# weight decay cosine 0.024 -> 0.24, fp16.
+# Init: checkpoints/dino_vits16_cotap.pth from
+#   python tools/model_converters/vit2cotap.py dino_deitsmall16_pretrain.pth checkpoints/dino_vits16_cotap.pth
+# Known differences to the official run: COCO only (no ImageNet branch), DINO CLS term instead of the
+# Sinkhorn/queue CLS terms, no Leopart patch-clustering term, in-batch partner retrieval instead of
+# precomputed k-NN neighbours (see cotap_mm/models/algorithms/cotap.py).
+_base_ = [
+    '../_base_/models/cotap_vit.py',
+    '../_base_/datasets/cotap_coco.py',
+    '../_base_/default_runtime.py',
+]
+
+# the CoTAP modules, explicitly (also works before cotap_mm/models/*/__init__.py import them)
+custom_imports = dict(
+    imports=['cotap_mm', 'cotap_mm.models.algorithms.cotap',
+             'cotap_mm.models.heads.dino_projection_head', 'cotap_mm.models.losses.dino_cls_loss'],
+    allow_failed_imports=False)
+
+# student (and, by EMATeacherHook, teacher) initialised from the converted DINO weights;
+# non-strict: the filter's LayerNorms, the prototypes and the heads are new.
+load_from = 'checkpoints/dino_vits16_cotap.pth'
+
+max_iters = 240000
+base_lr = 3e-5
+optim_wrapper = dict(
+    type='AmpOptimWrapper',
+    loss_scale='dynamic',
+    optimizer=dict(type='AdamW', lr=base_lr, betas=(0.9, 0.999), weight_decay=0.024),
+    paramwise_cfg=dict(
+        norm_decay_mult=0.0,
+        bias_decay_mult=0.0,
+        custom_keys={
+            'patch_head': dict(lr_mult=10.0),
+            'cls_head': dict(lr_mult=10.0),
+        }))
+param_scheduler = [
+    # lr: cosine from 3e-5 (heads 3e-4) to 10 % of it (3e-6), no warm-up
+    dict(type='CosineAnnealingLR', T_max=max_iters, eta_min_ratio=0.1, by_epoch=False, begin=0,
+         end=max_iters),
+    # weight decay: cosine 0.024 -> 0.24 (x10); groups with decay 0 (norms, biases) stay at 0
+    dict(type='CosineAnnealingParamScheduler', param_name='weight_decay', T_max=max_iters,
+         eta_min_ratio=10.0, by_epoch=False, begin=0, end=max_iters),
+]
+train_cfg = dict(type='IterBasedTrainLoop', max_iters=max_iters)
+default_hooks = dict(
+    logger=dict(interval=50),
+    checkpoint=dict(interval=10000, max_keep_ckpts=3))
+auto_scale_lr = dict(base_batch_size=112, enable=False)
+randomness = dict(seed=0, deterministic=False)

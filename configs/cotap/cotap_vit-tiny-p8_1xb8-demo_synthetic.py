@@ -1,0 +1,82 @@
+# CPU-sized CoTAP demo on generated scenes (SyntheticScenes, no download): tiny ViT (embed 96, 4 layers,
+# 3 heads, patch 8), 2 global 64 px crops (8x8 grid, pooling scales 4 and 8) + 2 local 32 px crops,
+# 16 prototypes, bank 128. Starts from scratch unless load_from is set (e.g. a MoCo v3 tiny checkpoint
+# converted with tools/model_converters/vit2cotap.py).
+_base_ = [
+    '../_base_/models/cotap_vit.py',
+    '../_base_/datasets/cotap_coco.py',
+    '../_base_/default_runtime.py',
+]
+
+# the CoTAP modules, explicitly (also works before cotap_mm/models/*/__init__.py import them)
+custom_imports = dict(
+    imports=['cotap_mm', 'cotap_mm.models.algorithms.cotap',
+             'cotap_mm.models.heads.dino_projection_head', 'cotap_mm.models.losses.dino_cls_loss'],
+    allow_failed_imports=False)
+
+embed_dims = 96
+global_size = 64
+local_size = 32
+model = dict(
+    backbone=dict(
+        arch=dict(_delete_=True, embed_dims=embed_dims, num_layers=4, num_heads=3,
+                  feedforward_channels=4 * embed_dims),
+        img_size=global_size,
+        patch_size=8),
+    neck=dict(num_prototypes=16),
+    patch_head=dict(hidden_channels=256, bottleneck_channels=64, num_prototypes=128),
+    cls_head=dict(hidden_channels=256, bottleneck_channels=64, num_prototypes=256),
+    cls_loss=dict(warmup_iters=50),
+    pool_scales=(4, 8),
+    fg_cfg=dict(keep_mass=0.6, blur_kernel=3, blur_sigma=0.6, min_component_size=2),
+    bank_size=128,
+    bank_samples_per_step=16,
+    kmeans_iters=100,
+)
+
+student_pipeline = [
+    dict(type='HueSafeColorJitter', brightness=0.4, contrast=0.4, saturation=0.4, hue=0.1, prob=0.8),
+    dict(type='RandomGrayscale', prob=0.2, keep_channels=True, channel_weights=(0.114, 0.587, 0.299)),
+    dict(type='RandomGaussianBlur', sigma=(0.1, 1.0), kernel_size=3, prob=0.3),
+]
+train_pipeline = [
+    dict(type='GeometricMultiView',
+         num_global=2, global_size=global_size, global_scale=(0.25, 1.0),
+         num_local=2, local_size=local_size, local_scale=(0.05, 0.2),
+         flip_prob=0.0, min_overlap=(0.02, 0.01),
+         student_pipeline=student_pipeline, teacher_views='global'),
+    dict(type='PackGeometricViews'),
+]
+train_dataloader = dict(
+    _delete_=True,
+    batch_size=8,
+    num_workers=0,
+    persistent_workers=False,
+    sampler=dict(type='InfiniteSampler', shuffle=True),
+    collate_fn=dict(type='default_collate'),
+    dataset=dict(type='SyntheticScenes', num_samples=512, split='train', seed=0, image_size=96,
+                 num_classes=8, pipeline=train_pipeline))
+
+max_iters = 300
+optim_wrapper = dict(
+    type='OptimWrapper',
+    optimizer=dict(type='AdamW', lr=1e-4, betas=(0.9, 0.999), weight_decay=0.024),
+    paramwise_cfg=dict(
+        norm_decay_mult=0.0,
+        bias_decay_mult=0.0,
+        custom_keys={
+            'patch_head': dict(lr_mult=10.0),
+            'cls_head': dict(lr_mult=10.0),
+        }))
+param_scheduler = [
+    dict(type='CosineAnnealingLR', T_max=max_iters, eta_min_ratio=0.1, by_epoch=False, begin=0,
+         end=max_iters),
+    dict(type='CosineAnnealingParamScheduler', param_name='weight_decay', T_max=max_iters,
+         eta_min_ratio=10.0, by_epoch=False, begin=0, end=max_iters),
+]
+train_cfg = dict(type='IterBasedTrainLoop', max_iters=max_iters)
+custom_hooks = [
+    dict(type='EMATeacherHook', momentum=0.996, end_momentum=1.0, teacher_name='teacher',
+         student_name='student', init_flag_name='teacher_initialized'),
+]
+default_hooks = dict(logger=dict(interval=10), checkpoint=dict(interval=100))
