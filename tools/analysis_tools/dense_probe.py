@@ -35,12 +35,9 @@ from mmengine.runner.checkpoint import _load_checkpoint, load_state_dict  # noqa
 from mmengine.utils import import_modules_from_strings  # noqa: E402
 
 import cotap_mm  # noqa: E402,F401  (registers modules, installs the safe checkpoint loader)
-from cotap_mm.datasets.synthetic_scenes import generate_scene, scene_seed  # noqa: E402
-from cotap_mm.evaluation.dispersion import (dispersion_stats, global_instance_ids,  # noqa: E402
-                                            patch_majority_labels)
+from cotap_mm.evaluation.dense_eval import dense_evaluation, synthetic_probe_data  # noqa: E402
 from cotap_mm.evaluation.linear_probe import (IMAGENET_MEAN, IMAGENET_STD,  # noqa: E402
-                                              build_patch_feature_extractor,
-                                              dense_linear_probe)
+                                              build_patch_feature_extractor)
 from cotap_mm.evaluation.visualization import save_feature_figure  # noqa: E402
 
 
@@ -131,19 +128,6 @@ def load_backbone_weights(backbone: nn.Module,
     return dict(loaded=len(matched), missing=len(own - set(sd)), unexpected=len(set(sd) - own))
 
 
-def _synthetic(split: str, n: int, args: argparse.Namespace,
-               k: int) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
-    imgs, masks, insts = [], [], []
-    for i in range(n):
-        img, m, inst = generate_scene(
-            scene_seed(args.seed, split, i), size=args.image_size, num_classes=k,
-            return_instances=True)
-        imgs.append(img)
-        masks.append(m)
-        insts.append(inst)
-    return np.stack(imgs), np.stack(masks), np.stack(insts)
-
-
 def _folder(root: str, folder: str, cap: Optional[int], size: int,
             reduce_zero_label: bool) -> Tuple[np.ndarray, np.ndarray]:
     from PIL import Image
@@ -211,8 +195,8 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
     insts = None
     if args.data == 'synthetic':
         k = 8 if args.num_classes is None else args.num_classes
-        tr_i, tr_m, _ = _synthetic('train', args.num_train, args, k)
-        va_i, va_m, insts = _synthetic('val', args.num_val, args, k)
+        tr_i, tr_m, _ = synthetic_probe_data('train', args.num_train, args.seed, args.image_size, k)
+        va_i, va_m, insts = synthetic_probe_data('val', args.num_val, args.seed, args.image_size, k)
         num_classes = k + 1
     else:
         if not osp.isdir(args.data):
@@ -233,26 +217,13 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
                 f'{args.image_size}px, {num_classes} classes')
 
     t0 = time.time()
-    res = dense_linear_probe(
-        extract, (tr_i, tr_m), (va_i, va_m),
-        num_classes=num_classes,
-        epochs=args.epochs,
-        lr=args.lr,
-        batch_size=args.batch_size,
-        seed=args.seed,
-        select=args.select,
-        device=args.device,
-        return_features=True)
+    res = dense_evaluation(
+        extract, (tr_i, tr_m), (va_i, va_m), num_classes, val_instances=insts,
+        epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, seed=args.seed,
+        select=args.select, device=args.device)
     va_f = res.pop('val_feats')
-    va_m_t = res.pop('val_masks')
-    res.pop('probe')
+    disp = res['dispersion']
     n, c, h, w = va_f.shape
-    feats = va_f.permute(0, 2, 3, 1).reshape(-1, c)
-    labels = patch_majority_labels(va_m_t.cpu(), (h, w)).reshape(-1)
-    inst_ids = None
-    if insts is not None:
-        inst_ids = global_instance_ids(patch_majority_labels(insts, (h, w))).reshape(-1)
-    disp = dispersion_stats(feats.cpu(), labels, inst_ids)
 
     rows = [('mIoU', f'{100 * res["mIoU"]:.2f}'), ('pixel acc', f'{100 * res["pixel_acc"]:.2f}'),
             ('mAcc', f'{100 * res["mAcc"]:.2f}'), ('epoch scored', str(res['epoch']))]

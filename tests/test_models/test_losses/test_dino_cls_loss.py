@@ -1,0 +1,80 @@
+import math
+
+import pytest
+import torch
+
+from cotap_mm.models.losses.dino_cls_loss import (DINOClsLoss, dino_cross_entropy,
+                                                  teacher_temperature)
+
+
+def _brute(s, t, c, ts, tt, s_ids, t_ids):
+    Vs, B, K = s.shape
+    total, n = 0.0, 0
+    for a, t_id in enumerate(t_ids):
+        for b, s_id in enumerate(s_ids):
+            if s_id == t_id:
+                continue
+            for i in range(B):
+                tl = [(t[a, i, k].item() - c[k].item()) / tt for k in range(K)]
+                mt = max(tl)
+                zt = sum(math.exp(v - mt) for v in tl)
+                p = [math.exp(v - mt) / zt for v in tl]
+                sl = [s[b, i, k].item() / ts for k in range(K)]
+                ms = max(sl)
+                lse = ms + math.log(sum(math.exp(v - ms) for v in sl))
+                total += -sum(p[k] * (sl[k] - lse) for k in range(K)) / B
+            n += 1
+    return total / n
+
+
+def test_matches_brute_force():
+    torch.manual_seed(0)
+    s, t, c = torch.randn(4, 3, 5), torch.randn(2, 3, 5), torch.randn(5)
+    got = dino_cross_entropy(s, t, c, 0.1, 0.05, [0, 1, 2, 3], [0, 1])
+    assert math.isclose(got.item(), _brute(s, t, c, 0.1, 0.05, [0, 1, 2, 3], [0, 1]),
+                        rel_tol=1e-4)
+    # other pairing: teacher views of crops 2 and 0
+    got = dino_cross_entropy(s, t, c, 0.2, 0.04, None, [2, 0])
+    assert math.isclose(got.item(), _brute(s, t, c, 0.2, 0.04, range(4), [2, 0]), rel_tol=1e-4)
+
+
+def test_gradient_only_to_student():
+    s = torch.randn(3, 2, 4, requires_grad=True)
+    t = torch.randn(2, 2, 4, requires_grad=True)
+    dino_cross_entropy(s, t, torch.zeros(4)).backward()
+    assert s.grad is not None and s.grad.abs().sum() > 0
+    assert t.grad is None
+
+
+def test_center_update_and_warmup():
+    torch.manual_seed(0)
+    loss = DINOClsLoss(out_dim=4, teacher_temp=0.07, warmup_teacher_temp=0.04, warmup_iters=2,
+                       center_momentum=0.9)
+    t1, t2 = torch.randn(2, 3, 4), torch.randn(2, 3, 4)
+    s = torch.randn(3, 3, 4)
+    assert loss.current_teacher_temp() == pytest.approx(0.04)
+    expected = dino_cross_entropy(s, t1, torch.zeros(4), 0.1, 0.04)
+    torch.testing.assert_close(loss(s, t1), expected)
+    torch.testing.assert_close(loss.center, 0.1 * t1.reshape(-1, 4).mean(0, keepdim=True))
+    assert loss.current_teacher_temp() == pytest.approx(0.055)
+    c1 = loss.center.clone()
+    loss(s, t2)
+    torch.testing.assert_close(loss.center, 0.9 * c1 + 0.1 * t2.reshape(-1, 4).mean(0, keepdim=True))
+    assert loss.current_teacher_temp() == pytest.approx(0.07)
+    assert teacher_temperature(100, 0.07, 0.04, 10) == pytest.approx(0.07)
+    # eval mode: no centre update
+    loss.eval()
+    c2 = loss.center.clone()
+    loss(s, t1)
+    torch.testing.assert_close(loss.center, c2)
+
+
+def test_bad_input():
+    with pytest.raises(ValueError, match='views, B, K'):
+        dino_cross_entropy(torch.randn(3, 4), torch.randn(2, 3, 4), torch.zeros(4))
+    with pytest.raises(ValueError, match='no \\(student, teacher\\) pair'):
+        dino_cross_entropy(torch.randn(1, 2, 4), torch.randn(1, 2, 4), torch.zeros(4))
+    with pytest.raises(ValueError, match='out_dim'):
+        DINOClsLoss(out_dim=4)(torch.randn(2, 2, 5), torch.randn(2, 2, 5))
+    with pytest.raises(ValueError, match='center_momentum'):
+        DINOClsLoss(out_dim=4, center_momentum=1.5)
