@@ -43,6 +43,8 @@ for d in "${dirs[@]}"; do
   [[ -d "$d" ]] && find_links+=(--find-links "$d")
 done
 
+# mmcv's runtime dependencies first: importing mmcv (to check its compiled ops) needs mmengine
+"${PIP[@]}" install -q -r "$ROOT/requirements/mmcv_runtime.txt"
 if ! "$PY" -c "import mmcv, mmcv.ops; assert mmcv.__version__ == '2.1.0'" 2>/dev/null; then
   if "${PIP[@]}" install -q --no-index --no-deps "${find_links[@]}" "mmcv==2.1.0" 2>/dev/null \
       && "$PY" -c "import mmcv._ext" 2>/dev/null; then
@@ -64,8 +66,7 @@ WRAP
       "${PIP[@]}" wheel --no-deps --no-build-isolation --no-cache-dir -w "$CACHE" "mmcv==2.1.0"
     "${PIP[@]}" install -q --no-index --no-deps --find-links "$CACHE" "mmcv==2.1.0"
   fi
-  # mmcv's own runtime dependencies (the wheel was installed without them)
-  "${PIP[@]}" install -q -r "$ROOT/requirements/mmcv_runtime.txt"
+  "$PY" -c "import mmcv._ext" || { log "mmcv was installed but its compiled ops do not import"; exit 1; }
 fi
 
 log "installing the OpenMMLab stack and cotap_mm"

@@ -12,12 +12,6 @@ _base_ = [
     '../_base_/default_runtime.py',
 ]
 
-# the CoTAP modules, explicitly (also works before cotap_mm/models/*/__init__.py import them)
-custom_imports = dict(
-    imports=['cotap_mm', 'cotap_mm.models.algorithms.cotap',
-             'cotap_mm.models.heads.dino_projection_head', 'cotap_mm.models.losses.dino_cls_loss'],
-    allow_failed_imports=False)
-
 # student (and, by EMATeacherHook, teacher) initialised from the converted DINO weights;
 # non-strict: the filter's LayerNorms, the prototypes and the heads are new.
 load_from = 'checkpoints/dino_vits16_cotap.pth'

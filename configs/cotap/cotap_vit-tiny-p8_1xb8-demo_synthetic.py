@@ -8,12 +8,6 @@ _base_ = [
     '../_base_/default_runtime.py',
 ]
 
-# the CoTAP modules, explicitly (also works before cotap_mm/models/*/__init__.py import them)
-custom_imports = dict(
-    imports=['cotap_mm', 'cotap_mm.models.algorithms.cotap',
-             'cotap_mm.models.heads.dino_projection_head', 'cotap_mm.models.losses.dino_cls_loss'],
-    allow_failed_imports=False)
-
 embed_dims = 96
 global_size = 64
 local_size = 32

@@ -8,7 +8,7 @@ from mmengine.config import Config
 import cotap_mm  # noqa: F401
 import cotap_mm.models.algorithms.cotap  # noqa: F401
 import cotap_mm.models.heads.dino_projection_head  # noqa: F401
-import cotap_mm.models.losses.dino_cls_loss  # noqa: F401
+import cotap_mm.models.losses.dino_cls_loss  # noqa: F401  (registers DINOClsLoss)
 from mmpretrain.registry import MODELS
 
 REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))

@@ -1,0 +1,3 @@
+from .cotap import CoTAP
+
+__all__ = ['CoTAP']

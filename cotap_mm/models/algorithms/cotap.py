@@ -193,7 +193,7 @@ class CoTAP(BaseSelfSupervisor):
     # ------------------------------------------------------------------ structure
     @property
     def student(self) -> nn.ModuleDict:
-        """Unregistered ``ModuleDict`` view of the student (backbone, neck, patch_head, cls_head)."""
+        """Unregistered ``ModuleDict`` view of the student: backbone, neck, patch_head, cls_head."""
         return nn.ModuleDict({k: getattr(self, k) for k in _STUDENT_KEYS})
 
     def init_weights(self) -> None:
@@ -206,7 +206,8 @@ class CoTAP(BaseSelfSupervisor):
     # ------------------------------------------------------------------ features
     @staticmethod
     def _encode(mods: nn.ModuleDict,
-                x: torch.Tensor) -> Tuple[torch.Tensor, Tuple[int, int], torch.Tensor, torch.Tensor]:
+                x: torch.Tensor
+                ) -> Tuple[torch.Tensor, Tuple[int, int], torch.Tensor, torch.Tensor]:
         tokens, hw = mods['backbone'].forward_pre_last(x)
         cls, patches = mods['neck'](tokens, hw, mods['backbone'].last_block)
         return tokens, hw, cls, patches

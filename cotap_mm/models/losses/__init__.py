@@ -1,4 +1,5 @@
 from .continuous_ap_loss import ContinuousAPLoss
+from .dino_cls_loss import DINOClsLoss
 from .prototype_entropy_loss import PrototypeEntropyLoss
 
-__all__ = ['ContinuousAPLoss', 'PrototypeEntropyLoss']
+__all__ = ['ContinuousAPLoss', 'DINOClsLoss', 'PrototypeEntropyLoss']

@@ -2,8 +2,8 @@
 
 CoTAP: "Semantic Concentration for Self-Supervised Dense Representations Learning",
 https://arxiv.org/abs/2509.09429. The official CoTAP CLS terms are SwAV/Sinkhorn-style with queues
-(METHOD_cotap §4); this module is the simpler DINO (https://arxiv.org/abs/2104.14294) loss, so that a
-CoTAP run keeps an image-level objective on its own.
+(METHOD_cotap §4); this module is the simpler DINO (https://arxiv.org/abs/2104.14294) loss, so
+that a CoTAP run keeps an image-level objective on its own.
 """
 from typing import Optional, Sequence
 

@@ -1,6 +1,5 @@
 import pytest
 import torch
-import torch.nn.functional as F
 
 from cotap_mm.models.heads.dino_projection_head import DINOProjectionHead
 

@@ -1,0 +1,172 @@
+"""Dense benchmark: CoTAP against the baselines a user would otherwise pick, same data and budget.
+
+For each seed: one image-level starting checkpoint (MoCo v3, tiny ViT, generated scenes), then from
+that checkpoint, for the same number of extra iterations and the same data:
+
+- **control**: MoCo v3 continued (the fair control for a post-pretraining method);
+- **DenseCL**: mmpretrain's dense contrastive method on the ViT's patch-token map;
+- **CoTAP**.
+
+Each is scored with the frozen linear segmentation probe (mIoU) and the over-dispersion metric on
+generated scenes with masks, beside random init and the starting checkpoint. Step time (mean of the
+runner's ``train/time``) and peak memory (max RSS of the training process, each stage in its own
+subprocess; on CUDA ``max_memory_allocated``) are measured in the same run. Ratios are against the
+control. The table (mean +- std over seeds) is printed and written to ``docs/benchmarks.md`` with the
+command that produced it.
+
+    python tools/benchmarks/bench_dense_methods.py --seeds 0 1 --image-iters 600 --extra-iters 300
+"""
+import argparse
+import json
+import os
+import os.path as osp
+import resource
+import subprocess
+import sys
+import time
+from typing import Any, Dict, List, Optional
+
+TOOLS = osp.dirname(osp.dirname(osp.abspath(__file__)))
+REPO = osp.dirname(TOOLS)
+sys.path.insert(0, TOOLS)
+sys.path.insert(0, REPO)
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from demo import COTAP_CFG, IMAGE_LEVEL_CFG, build_extractor, train_stage  # noqa: E402
+
+DENSECL_CFG = osp.join(REPO, 'configs/densecl/densecl_vit-tiny-p8_1xb16-300it_synthetic.py')
+METHODS = {  # name: (config, how the starting checkpoint is used, dense features from extract_feat)
+    'MoCo v3 (control)': (IMAGE_LEVEL_CFG, 'load_from', False),
+    'DenseCL': (DENSECL_CFG, 'init_from', False),
+    'CoTAP': (COTAP_CFG, 'init_from', True),
+}
+
+
+def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument('--work-dir', default='work_dirs/bench_dense')
+    p.add_argument('--seeds', type=int, nargs='+', default=[0])
+    p.add_argument('--image-iters', type=int, default=600)
+    p.add_argument('--extra-iters', type=int, default=300)
+    p.add_argument('--probe-train', type=int, default=300)
+    p.add_argument('--probe-val', type=int, default=150)
+    p.add_argument('--probe-epochs', type=int, default=15)
+    p.add_argument('--out', default=osp.join(REPO, 'docs/benchmarks.md'))
+    p.add_argument('--stage', default=None, help=argparse.SUPPRESS)  # internal: one training stage
+    return p.parse_args(argv)
+
+
+def run_stage_subprocess(cfg: str, work_dir: str, iters: int, seed: int, mode: str,
+                         start: Optional[str]) -> Dict[str, Any]:
+    """Train one stage in a fresh process; returns its checkpoint, step time and peak memory."""
+    spec = json.dumps(dict(cfg=cfg, work_dir=work_dir, iters=iters, seed=seed, mode=mode,
+                           start=start))
+    out = subprocess.run([sys.executable, osp.abspath(__file__), '--stage', spec],
+                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    if out.returncode != 0:
+        raise RuntimeError(f'stage {cfg} failed:\n{out.stdout[-4000:]}')
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def _stage_main(spec: Dict[str, Any]) -> None:
+    from mmengine.runner import Runner
+    stats: Dict[str, float] = {}
+    orig_train = Runner.train
+
+    def train_and_measure(self):  # record the runner's own step time before it is torn down
+        result = orig_train(self)
+        stats['step_time'] = float(self.message_hub.get_scalar('train/time').mean())
+        return result
+
+    Runner.train = train_and_measure
+    extra = dict(load_from=spec['start']) if spec['mode'] == 'load_from' and spec['start'] else None
+    init_from = spec['start'] if spec['mode'] == 'init_from' else None
+    ckpt = train_stage(spec['cfg'], spec['work_dir'], spec['iters'], spec['seed'],
+                       init_from=init_from, extra=extra)
+    if torch.cuda.is_available():
+        peak_mb = torch.cuda.max_memory_allocated() / 2**20
+    else:
+        peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps(dict(ckpt=ckpt, step_time=stats.get('step_time', float('nan')),
+                          peak_mb=peak_mb)))
+
+
+def evaluate(cfg: str, ckpt: Optional[str], dense: bool, data: Dict[str, Any],
+             args: argparse.Namespace, seed: int) -> Dict[str, float]:
+    from cotap_mm.evaluation import dense_evaluation
+    torch.manual_seed(seed)
+    res = dense_evaluation(build_extractor(cfg, ckpt, dense), data['train'][:2],
+                           data['val'][:2], 9, val_instances=data['val'][2],
+                           epochs=args.probe_epochs, seed=seed)
+    return dict(mIoU=100 * res['mIoU'], dispersion=res['dispersion']['dispersion'],
+                inst_dispersion=res['dispersion'].get('instance_dispersion', float('nan')))
+
+
+def _fmt(values: List[float], digits: int = 2) -> str:
+    if not values or all(np.isnan(values)):
+        return '-'
+    if len(values) == 1:
+        return f'{values[0]:.{digits}f}'
+    return f'{np.mean(values):.{digits}f} +- {np.std(values):.{digits}f}'
+
+
+def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
+    args = parse_args(argv)
+    if args.stage is not None:
+        _stage_main(json.loads(args.stage))
+        return {}
+    from cotap_mm.evaluation import synthetic_probe_data
+    work = osp.abspath(args.work_dir)
+    data = dict(train=synthetic_probe_data('train', args.probe_train, 100, 64, 8),
+                val=synthetic_probe_data('val', args.probe_val, 100, 64, 8))
+    results: Dict[str, Dict[str, List[float]]] = {}
+
+    def add(name: str, values: Dict[str, float]) -> None:
+        for k, v in values.items():
+            results.setdefault(name, {}).setdefault(k, []).append(v)
+
+    t0 = time.time()
+    for seed in args.seeds:
+        sdir = osp.join(work, f'seed{seed}')
+        start = run_stage_subprocess(IMAGE_LEVEL_CFG, osp.join(sdir, 'image_level'),
+                                     args.image_iters, seed, 'none', None)
+        add('random init', evaluate(IMAGE_LEVEL_CFG, None, False, data, args, seed))
+        add(f'image-level start ({args.image_iters} it)',
+            dict(evaluate(IMAGE_LEVEL_CFG, start['ckpt'], False, data, args, seed)))
+        for name, (cfg, mode, dense) in METHODS.items():
+            st = run_stage_subprocess(cfg, osp.join(sdir, name.split()[0].lower()),
+                                      args.extra_iters, seed, mode, start['ckpt'])
+            add(f'+ {args.extra_iters} it {name}',
+                dict(evaluate(cfg, st['ckpt'], dense, data, args, seed),
+                     step_time=st['step_time'], peak_mb=st['peak_mb']))
+            print(f'[seed {seed}] {name}: {results[f"+ {args.extra_iters} it {name}"]}', flush=True)
+
+    control = results[f'+ {args.extra_iters} it MoCo v3 (control)']
+    ref_t, ref_m = np.mean(control['step_time']), np.mean(control['peak_mb'])
+    lines = ['| model | linear-probe mIoU (%) | dispersion (lower = tighter) | instance dispersion '
+             '| step time (s) | x control | peak memory (MB) | x control |', '|' + '---|' * 8]
+    for name, r in results.items():
+        t = r.get('step_time', [])
+        m = r.get('peak_mb', [])
+        lines.append(f"| {name} | {_fmt(r['mIoU'])} | {_fmt(r['dispersion'], 3)} | "
+                     f"{_fmt(r['inst_dispersion'], 3)} | {_fmt(t, 3)} | "
+                     f"{_fmt([np.mean(t) / ref_t] if t else [], 2)} | {_fmt(m, 0)} | "
+                     f"{_fmt([np.mean(m) / ref_m] if m else [], 2)} |")
+    device = torch.cuda.get_device_name() if torch.cuda.is_available() else \
+        f'CPU ({os.cpu_count()} cores)'
+    cmd = 'python tools/benchmarks/bench_dense_methods.py ' + ' '.join(
+        sys.argv[1:] if argv is None else argv)
+    report = (f'## Dense benchmark (tiny ViT, generated scenes)\n\nCommand: `{cmd}`  \n'
+              f'Device: {device}; seeds {args.seeds}; {time.time() - t0:.0f} s in all.\n\n'
+              + '\n'.join(lines) + '\n')
+    print(report)
+    os.makedirs(osp.dirname(osp.abspath(args.out)), exist_ok=True)
+    with open(args.out, 'w') as f:
+        f.write('# Benchmarks\n\n' + report)
+    return results
+
+
+if __name__ == '__main__':
+    main()
