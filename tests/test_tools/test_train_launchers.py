@@ -107,3 +107,27 @@ def test_multi_node_two_launches(tmp_path):
     for p, out in zip(procs, outs):
         assert p.returncode == 0, out[-4000:]
     _assert_ranks_agree(work, 2, 3)
+
+
+COTAP_TINY = osp.join(REPO_ROOT, 'configs/cotap/cotap_vit-tiny-p8_1xb8-demo_synthetic.py')
+
+
+def test_cotap_dist_train_two_cpu_processes(tmp_path):
+    """CoTAP under DDP on CPU: the k-means prototype init (rank 0 + broadcast) happens inside the
+    run (bank of 16 filled after a step), and both ranks end with the same student, teacher and
+    prototypes."""
+    cfg = write_test_config(str(tmp_path / 'cfg.py'), COTAP_TINY)
+    work = str(tmp_path / 'work')
+    run(['bash', DIST_TRAIN, cfg, '2', '--work-dir', work, '--cfg-options',
+         'train_cfg.max_iters=4', 'train_dataloader.batch_size=4', 'model.bank_size=16',
+         'model.bank_samples_per_step=16', 'model.kmeans_iters=10',
+         'default_hooks.checkpoint.interval=4', 'default_hooks.logger.interval=1'],
+        env=run_env({'PORT': str(free_port())}))
+    _assert_ranks_agree(work, 2, 4)
+    ckpt = torch.load(osp.join(work, 'iter_4.pth'), weights_only=True)
+    state = ckpt['state_dict']
+    assert bool(state['neck.prototypes_initialized'])
+    # the teacher is an EMA of the student: close to it, but not a copy after training steps
+    diffs = [(state[k] - state['teacher.' + k]).abs().max().item()
+             for k in state if k.startswith('backbone.') and state[k].is_floating_point()]
+    assert max(diffs) > 0
