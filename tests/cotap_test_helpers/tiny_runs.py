@@ -24,12 +24,16 @@ def write_image_folder(root: str, num: int = 16, size: int = 72, seed: int = 0) 
 
 
 def write_test_config(path: str, base: str, extra: str = '') -> str:
-    """A config inheriting ``base`` that also dumps every rank's weights at the end of training."""
+    """A config inheriting ``base`` that also dumps every rank's weights at the end of training
+    (``base``'s own custom hooks are kept)."""
+    from mmengine.config import Config
+    hooks = [dict(h) for h in Config.fromfile(base).to_dict().get('custom_hooks', [])]
+    hooks.append(dict(type='DumpWeightsHook'))
     with open(path, 'w') as f:
         f.write(f"_base_ = [{base!r}]\n"
                 "custom_imports = dict(imports=['cotap_mm', 'cotap_test_helpers.dump_weights_hook'],\n"
                 "                      allow_failed_imports=False)\n"
-                "custom_hooks = [dict(type='DumpWeightsHook')]\n" + extra)
+                f"custom_hooks = {hooks!r}\n" + extra)
     return path
 
 
