@@ -51,8 +51,9 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
                    'reads) instead of generated scenes; the probe stays on generated scenes')
     p.add_argument('--probe-train', type=int, default=300, help='probe training images')
     p.add_argument('--probe-val', type=int, default=150, help='probe validation images')
-    p.add_argument('--probe-epochs', type=int, default=15)
-    p.add_argument('--image-size', type=int, default=64, help='probe image size (pixels)')
+    p.add_argument('--probe-epochs', type=int, default=60)
+    p.add_argument('--probe-lr', type=float, default=1e-2)
+    p.add_argument('--image-size', type=int, default=96, help='probe image size (pixels)')
     p.add_argument('--seed', type=int, default=0)
     p.add_argument('--skip-control', action='store_true', help='skip the MoCo v3 control run')
     return p.parse_args(argv)
@@ -172,7 +173,7 @@ def main(argv: Optional[List[str]] = None) -> List[Dict[str, Any]]:
         torch.manual_seed(args.seed)
         extract = build_extractor(cfg_path, ckpt, dense)
         res = dense_evaluation(extract, train[:2], val[:2], k + 1, val_instances=val[2],
-                               epochs=args.probe_epochs, seed=args.seed)
+                               epochs=args.probe_epochs, lr=args.probe_lr, seed=args.seed)
         feats = res.pop('val_feats')
         slug = name.split(' (')[0].replace(' ', '_').replace('+', 'plus')
         for i in range(3):

@@ -52,7 +52,9 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     p.add_argument('--extra-iters', type=int, default=300)
     p.add_argument('--probe-train', type=int, default=300)
     p.add_argument('--probe-val', type=int, default=150)
-    p.add_argument('--probe-epochs', type=int, default=15)
+    p.add_argument('--probe-epochs', type=int, default=60)
+    p.add_argument('--probe-lr', type=float, default=1e-2)
+    p.add_argument('--probe-size', type=int, default=96, help='probe image size (pixels)')
     p.add_argument('--out', default=osp.join(REPO, 'docs/benchmarks.md'))
     p.add_argument('--stage', default=None, help=argparse.SUPPRESS)  # internal: one training stage
     return p.parse_args(argv)
@@ -99,7 +101,7 @@ def evaluate(cfg: str, ckpt: Optional[str], dense: bool, data: Dict[str, Any],
     torch.manual_seed(seed)
     res = dense_evaluation(build_extractor(cfg, ckpt, dense), data['train'][:2],
                            data['val'][:2], 9, val_instances=data['val'][2],
-                           epochs=args.probe_epochs, seed=seed)
+                           epochs=args.probe_epochs, lr=args.probe_lr, seed=seed)
     return dict(mIoU=100 * res['mIoU'], dispersion=res['dispersion']['dispersion'],
                 inst_dispersion=res['dispersion'].get('instance_dispersion', float('nan')))
 
@@ -119,8 +121,8 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
         return {}
     from cotap_mm.evaluation import synthetic_probe_data
     work = osp.abspath(args.work_dir)
-    data = dict(train=synthetic_probe_data('train', args.probe_train, 100, 64, 8),
-                val=synthetic_probe_data('val', args.probe_val, 100, 64, 8))
+    data = dict(train=synthetic_probe_data('train', args.probe_train, 100, args.probe_size, 8),
+                val=synthetic_probe_data('val', args.probe_val, 100, args.probe_size, 8))
     results: Dict[str, Dict[str, List[float]]] = {}
 
     def add(name: str, values: Dict[str, float]) -> None:
