@@ -9,6 +9,7 @@
 _base_ = [
     '../_base_/models/cotap_vit.py',
     '../_base_/datasets/cotap_coco.py',
+    '../_base_/schedules/cotap_adamw_cosine.py',
     '../_base_/default_runtime.py',
 ]
 
@@ -16,28 +17,7 @@ _base_ = [
 # non-strict: the filter's LayerNorms, the prototypes and the heads are new.
 load_from = 'checkpoints/dino_vits16_cotap.pth'
 
-max_iters = 240000
-base_lr = 3e-5
-optim_wrapper = dict(
-    type='AmpOptimWrapper',
-    loss_scale='dynamic',
-    optimizer=dict(type='AdamW', lr=base_lr, betas=(0.9, 0.999), weight_decay=0.024),
-    paramwise_cfg=dict(
-        norm_decay_mult=0.0,
-        bias_decay_mult=0.0,
-        custom_keys={
-            'patch_head': dict(lr_mult=10.0),
-            'cls_head': dict(lr_mult=10.0),
-        }))
-param_scheduler = [
-    # lr: cosine from 3e-5 (heads 3e-4) to 10 % of it (3e-6), no warm-up
-    dict(type='CosineAnnealingLR', T_max=max_iters, eta_min_ratio=0.1, by_epoch=False, begin=0,
-         end=max_iters),
-    # weight decay: cosine 0.024 -> 0.24 (x10); groups with decay 0 (norms, biases) stay at 0
-    dict(type='CosineAnnealingParamScheduler', param_name='weight_decay', T_max=max_iters,
-         eta_min_ratio=10.0, by_epoch=False, begin=0, end=max_iters),
-]
-train_cfg = dict(type='IterBasedTrainLoop', max_iters=max_iters)
+optim_wrapper = dict(type='AmpOptimWrapper', loss_scale='dynamic')  # fp16 on GPU
 default_hooks = dict(
     logger=dict(interval=50),
     checkpoint=dict(interval=10000, max_keep_ckpts=3))

@@ -5,6 +5,7 @@
 _base_ = [
     '../_base_/models/cotap_vit.py',
     '../_base_/datasets/cotap_coco.py',
+    '../_base_/schedules/cotap_adamw_cosine.py',
     '../_base_/default_runtime.py',
 ]
 
@@ -52,16 +53,7 @@ train_dataloader = dict(
                  num_classes=8, pipeline=train_pipeline))
 
 max_iters = 300
-optim_wrapper = dict(
-    type='OptimWrapper',
-    optimizer=dict(type='AdamW', lr=1e-4, betas=(0.9, 0.999), weight_decay=0.024),
-    paramwise_cfg=dict(
-        norm_decay_mult=0.0,
-        bias_decay_mult=0.0,
-        custom_keys={
-            'patch_head': dict(lr_mult=10.0),
-            'cls_head': dict(lr_mult=10.0),
-        }))
+optim_wrapper = dict(optimizer=dict(lr=1e-4))
 param_scheduler = [
     dict(type='CosineAnnealingLR', T_max=max_iters, eta_min_ratio=0.1, by_epoch=False, begin=0,
          end=max_iters),
