@@ -32,8 +32,8 @@ from mmengine.registry import init_default_scope  # noqa: E402
 from mmengine.runner import Runner, load_checkpoint  # noqa: E402
 
 import cotap_mm  # noqa: E402,F401
-from cotap_mm.evaluation import (build_patch_feature_extractor, dense_evaluation,  # noqa: E402
-                                 synthetic_probe_data)
+from cotap_mm.evaluation import dense_evaluation, synthetic_probe_data  # noqa: E402
+from cotap_mm.evaluation.linear_probe import build_model_feature_extractor  # noqa: E402
 from cotap_mm.evaluation.visualization import save_feature_figure  # noqa: E402
 
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
@@ -100,7 +100,7 @@ def train_stage(cfg_path: str, work_dir: str, iters: int, seed: int,
     return ckpt
 
 
-def build_extractor(cfg_path: str, ckpt: Optional[str], dense_fn: bool) -> Callable:
+def build_extractor(cfg_path: str, ckpt: Optional[str]) -> Callable:
     """Frozen patch-feature extractor of a model built from ``cfg_path`` (random if no ckpt)."""
     cfg = Config.fromfile(cfg_path)
     init_default_scope('mmpretrain')
@@ -108,19 +108,9 @@ def build_extractor(cfg_path: str, ckpt: Optional[str], dense_fn: bool) -> Calla
     model = MODELS.build(cfg.model)
     if ckpt is not None:
         load_checkpoint(model, ckpt, map_location='cpu')
-    model.eval()
     for prm in model.parameters():
         prm.requires_grad_(False)
-    if not dense_fn:
-        return build_patch_feature_extractor(model)
-    mean = torch.tensor(cfg.model.data_preprocessor.mean).view(1, 3, 1, 1)
-    std = torch.tensor(cfg.model.data_preprocessor.std).view(1, 3, 1, 1)
-
-    @torch.no_grad()
-    def extract(images: torch.Tensor) -> torch.Tensor:
-        return model.extract_feat((images.float() - mean) / std)
-
-    return extract
+    return build_model_feature_extractor(model)
 
 
 def format_table(rows: List[Dict[str, Any]]) -> str:
@@ -161,17 +151,17 @@ def main(argv: Optional[List[str]] = None) -> List[Dict[str, Any]]:
     k = 8
     train = synthetic_probe_data('train', args.probe_train, args.seed + 100, args.image_size, k)
     val = synthetic_probe_data('val', args.probe_val, args.seed + 100, args.image_size, k)
-    models = [('random init', IMAGE_LEVEL_CFG, None, False),
-              (f'image-level (MoCo v3, {args.image_iters} it)', IMAGE_LEVEL_CFG, image_ckpt, False)]
+    models = [('random init', IMAGE_LEVEL_CFG, None),
+              (f'image-level (MoCo v3, {args.image_iters} it)', IMAGE_LEVEL_CFG, image_ckpt)]
     if control_ckpt is not None:
         models.append((f'image-level + {args.cotap_iters} it MoCo v3 (control)', IMAGE_LEVEL_CFG,
-                       control_ckpt, False))
-    models.append((f'image-level + {args.cotap_iters} it CoTAP', COTAP_CFG, cotap_ckpt, True))
+                       control_ckpt))
+    models.append((f'image-level + {args.cotap_iters} it CoTAP', COTAP_CFG, cotap_ckpt))
     rows = []
     fig_dir = osp.join(work, 'figures')
-    for name, cfg_path, ckpt, dense in models:
+    for name, cfg_path, ckpt in models:
         torch.manual_seed(args.seed)
-        extract = build_extractor(cfg_path, ckpt, dense)
+        extract = build_extractor(cfg_path, ckpt)
         res = dense_evaluation(extract, train[:2], val[:2], k + 1, val_instances=val[2],
                                epochs=args.probe_epochs, lr=args.probe_lr, seed=args.seed)
         feats = res.pop('val_feats')

@@ -20,7 +20,7 @@ tuned on the validation set), uses random-resized crops of the probe's training 
 features are cached) and 100k samples seen.
 """
 import math
-from typing import Any, Callable, Dict, Iterable, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -511,5 +511,44 @@ def build_patch_feature_extractor(model_or_backbone: nn.Module,
             raise TypeError('the backbone must return [B, C, h, w] features (or a tuple ending '
                             'with them); wrap it in your own extract callable otherwise')
         return out
+
+    return extract
+
+
+def build_model_feature_extractor(model: nn.Module) -> ExtractFn:
+    """Frozen dense features ``[B, C, h, w]`` of a whole mmpretrain self-supervised model.
+
+    Uses ``model.extract_feat`` when it returns a ``[B, C, h, w]`` map (CoTAP: the 2C-dim filtered
+    patch tokens); otherwise (MoCo v3, DenseCL, ...) the backbone's last-layer patch tokens, as
+    :func:`build_patch_feature_extractor`. Which of the two applies is decided on the first call.
+    Images are 0-255 RGB, normalised with the model's data preprocessor ``mean``/``std`` when it has
+    them. Runs in eval mode under ``torch.no_grad()``; the model's mode is restored.
+    """
+    pre = getattr(model, 'data_preprocessor', None)
+    mean = getattr(pre, 'mean', None)
+    std = getattr(pre, 'std', None)
+    mean = None if mean is None else mean.flatten().tolist()
+    std = None if std is None else std.flatten().tolist()
+    backbone_extract = build_patch_feature_extractor(model, mean, std)
+    use_extract_feat: List[bool] = []
+
+    @torch.no_grad()
+    def extract(images: torch.Tensor) -> torch.Tensor:
+        if use_extract_feat == [False] or not hasattr(model, 'extract_feat'):
+            return backbone_extract(images)
+        x = images.float().to(next(model.parameters()).device)
+        if mean is not None:
+            m = torch.as_tensor(mean, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
+            s = torch.as_tensor(std, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
+            x = (x - m) / s
+        was_training = model.training
+        model.eval()
+        try:
+            out = model.extract_feat(x)
+        finally:
+            model.train(was_training)
+        if not use_extract_feat:
+            use_extract_feat.append(isinstance(out, torch.Tensor) and out.ndim == 4)
+        return out if use_extract_feat[0] else backbone_extract(images)
 
     return extract

@@ -38,10 +38,10 @@ import torch  # noqa: E402
 from demo import COTAP_CFG, IMAGE_LEVEL_CFG, build_extractor, train_stage  # noqa: E402
 
 DENSECL_CFG = osp.join(REPO, 'configs/densecl/densecl_vit-tiny-p8_1xb16-300it_synthetic.py')
-METHODS = {  # name: (config, how the starting checkpoint is used, dense features from extract_feat)
-    'MoCo v3 (control)': (IMAGE_LEVEL_CFG, 'load_from', False),
-    'DenseCL': (DENSECL_CFG, 'init_from', False),
-    'CoTAP': (COTAP_CFG, 'init_from', True),
+METHODS = {  # name: (config, how the starting checkpoint is used)
+    'MoCo v3 (control)': (IMAGE_LEVEL_CFG, 'load_from'),
+    'DenseCL': (DENSECL_CFG, 'init_from'),
+    'CoTAP': (COTAP_CFG, 'init_from'),
 }
 
 
@@ -116,11 +116,11 @@ def _reset_peak_rss() -> float:
     return _status_kb('VmRSS')
 
 
-def evaluate(cfg: str, ckpt: Optional[str], dense: bool, data: Dict[str, Any],
+def evaluate(cfg: str, ckpt: Optional[str], data: Dict[str, Any],
              args: argparse.Namespace, seed: int) -> Dict[str, float]:
     from cotap_mm.evaluation import dense_evaluation
     torch.manual_seed(seed)
-    res = dense_evaluation(build_extractor(cfg, ckpt, dense), data['train'][:2],
+    res = dense_evaluation(build_extractor(cfg, ckpt), data['train'][:2],
                            data['val'][:2], 9, val_instances=data['val'][2],
                            epochs=args.probe_epochs, lr=args.probe_lr, seed=seed)
     return dict(mIoU=100 * res['mIoU'], dispersion=res['dispersion']['dispersion'],
@@ -155,14 +155,14 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
         sdir = osp.join(work, f'seed{seed}')
         start = run_stage_subprocess(IMAGE_LEVEL_CFG, osp.join(sdir, 'image_level'),
                                      args.image_iters, seed, 'none', None)
-        add('random init', evaluate(IMAGE_LEVEL_CFG, None, False, data, args, seed))
+        add('random init', evaluate(IMAGE_LEVEL_CFG, None, data, args, seed))
         add(f'image-level start ({args.image_iters} it)',
-            dict(evaluate(IMAGE_LEVEL_CFG, start['ckpt'], False, data, args, seed)))
-        for name, (cfg, mode, dense) in METHODS.items():
+            dict(evaluate(IMAGE_LEVEL_CFG, start['ckpt'], data, args, seed)))
+        for name, (cfg, mode) in METHODS.items():
             st = run_stage_subprocess(cfg, osp.join(sdir, name.split()[0].lower()),
                                       args.extra_iters, seed, mode, start['ckpt'])
             add(f'+ {args.extra_iters} it {name}',
-                dict(evaluate(cfg, st['ckpt'], dense, data, args, seed),
+                dict(evaluate(cfg, st['ckpt'], data, args, seed),
                      step_time=st['step_time'], peak_mb=st['peak_mb']))
             print(f'[seed {seed}] {name}: {results[f"+ {args.extra_iters} it {name}"]}', flush=True)
 

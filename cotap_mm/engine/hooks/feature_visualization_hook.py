@@ -10,7 +10,7 @@ from mmengine.model import is_model_wrapper
 from mmpretrain.registry import HOOKS
 
 from cotap_mm.datasets.synthetic_scenes import generate_scene, scene_seed
-from cotap_mm.evaluation.linear_probe import build_patch_feature_extractor
+from cotap_mm.evaluation.linear_probe import build_model_feature_extractor
 from cotap_mm.evaluation.visualization import save_feature_figure
 
 
@@ -21,9 +21,9 @@ class FeatureVisualizationHook(Hook):
     For each of ``num_images`` generated scenes (fixed by ``seed``; the same images all run long, so
     the pictures show how the features evolve) a PNG ``image | PCA of patch features as RGB |
     cosine similarity of the centre patch to all patches`` is written to
-    ``{work_dir}/{out_dir}/iter_{k}_img{i}.png`` on the main process. Features: the model's
-    ``extract_feat`` when it returns a ``[B, C, h, w]`` map (CoTAP's 2C-dim filtered tokens),
-    otherwise the backbone's last-layer patch tokens.
+    ``{work_dir}/{out_dir}/iter_{k}_img{i}.png`` on the main process. Features: those of
+    :func:`~cotap_mm.evaluation.linear_probe.build_model_feature_extractor` (CoTAP's 2C-dim
+    filtered tokens, or the backbone's last-layer patch tokens).
 
     Args:
         interval (int): iterations between two sets of pictures. Defaults to 1000.
@@ -45,30 +45,14 @@ class FeatureVisualizationHook(Hook):
         self.images = np.stack([generate_scene(scene_seed(seed, 'vis', i), size=image_size)[0]
                                 for i in range(num_images)])
 
-    def _extract(self, model: torch.nn.Module, images: torch.Tensor) -> torch.Tensor:
-        pre = getattr(model, 'data_preprocessor', None)
-        mean = getattr(pre, 'mean', None)
-        std = getattr(pre, 'std', None)
-        x = images.to(next(model.parameters()).device)
-        if mean is not None and std is not None:
-            x = (x - mean.view(1, -1, 1, 1)) / std.view(1, -1, 1, 1)
-        feats = model.extract_feat(x) if hasattr(model, 'extract_feat') else None
-        if isinstance(feats, torch.Tensor) and feats.ndim == 4:
-            return feats
-        return build_patch_feature_extractor(model, mean=None, std=None)(x)
-
     @torch.no_grad()
     def write(self, runner, tag: str) -> Optional[str]:
         """Write one set of pictures; returns the folder (None on other ranks)."""
         if not is_main_process():
             return None
         model = runner.model.module if is_model_wrapper(runner.model) else runner.model
-        was_training = model.training
-        model.eval()
-        try:
-            feats = self._extract(model, torch.from_numpy(self.images).permute(0, 3, 1, 2).float())
-        finally:
-            model.train(was_training)
+        extract = build_model_feature_extractor(model)
+        feats = extract(torch.from_numpy(self.images).permute(0, 3, 1, 2).float())
         folder = osp.join(runner.work_dir, self.out_dir)
         for i, (img, f) in enumerate(zip(self.images, feats.cpu())):
             save_feature_figure(osp.join(folder, f'{tag}_img{i}.png'), img, f)
