@@ -117,3 +117,52 @@ def test_timm_format_refuses_teacher_student(tmp_path):
         tool.main([str(src), str(tmp_path / 'o.pth'), '--src-format', 'timm'])
     with pytest.raises(FileNotFoundError):
         tool.main([str(tmp_path / 'missing.pth'), str(tmp_path / 'o.pth')])
+
+
+def test_dinov2_checkpoint_cli_matches_timm(tmp_path):
+    """DINOv2-layout checkpoint (patch 14, LayerScale, mask_token) through the CLI -> same features."""
+    import os
+    import subprocess
+    import sys
+    timm_vit = pytest.importorskip('timm.models.vision_transformer')
+    tm = timm_vit.VisionTransformer(img_size=56, patch_size=14, embed_dim=32, depth=2, num_heads=2,
+                                    init_values=1e-5, num_classes=0)
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in tm.parameters():
+            p.copy_((1.0 if p.dim() == 1 else 0.) + 0.2 * torch.randn(p.shape, generator=g))
+    tm.eval()
+    # DINOv2 hub file layout: flat, timm-like names + mask_token
+    src, dst = tmp_path / 'dinov2_vits14_pretrain.pth', tmp_path / 'dinov2_cotap.pth'
+    torch.save({**tm.state_dict(), 'mask_token': torch.zeros(1, 32)}, src)
+    proc = subprocess.run([sys.executable, osp.join(ROOT, 'tools', 'model_converters', 'vit2cotap.py'),
+                           str(src), str(dst), '--src-format', 'dinov2', '--num-heads', '2'], cwd=ROOT,
+                          timeout=120,
+                          env=dict(os.environ, OMP_NUM_THREADS='1'), stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert 'CoTAPViT kwargs' in proc.stdout
+    out = torch.load(dst, map_location='cpu', weights_only=True)
+    assert out['meta']['dropped_keys'] == ['mask_token']
+    kwargs = out['meta']['cotap_vit_kwargs']
+    assert kwargs['patch_size'] == 14 and kwargs['img_size'] == 56 and kwargs['layer_scale_init_value'] > 0
+    assert kwargs['arch'] == dict(embed_dims=32, num_layers=2, num_heads=2, feedforward_channels=128)
+    model = CoTAPViT(out_type='raw', **kwargs,
+                     init_cfg=dict(type='Pretrained', checkpoint=str(dst), prefix='backbone.'))
+    model.init_weights()
+    model.eval()
+    x = torch.randn(2, 3, 56, 56)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x)[-1], tm.forward_features(x), rtol=1e-5, atol=1e-5)
+
+
+def test_dinov2_registers_refused(tmp_path):
+    tool = load_tool()
+    sd = fake_dino_backbone(patch=14)
+    sd['register_tokens'] = torch.zeros(1, 4, 32)
+    src = tmp_path / 'dinov2_vits14_reg4_pretrain.pth'
+    torch.save(sd, src)
+    for extra in ([], ['--non-strict']):
+        with pytest.raises(ValueError, match='register tokens'):
+            tool.main([str(src), str(tmp_path / 'o.pth'), '--src-format', 'dinov2', *extra])
+    assert not (tmp_path / 'o.pth').exists()

@@ -33,7 +33,9 @@ class CoTAPViT(VisionTransformer):
         arch (str | dict): 'dino-s' / 'dino-small' (embed 384, 12 layers, 6 heads, mlp 1536),
             'dino-b' / 'dino-base' (768, 12, 12, 3072), any mmpretrain ViT arch name, or a dict with
             ``embed_dims``, ``num_layers``, ``num_heads``, ``feedforward_channels``. Note mmpretrain's
-            ``'s'``/``'small'`` is *not* DINO's ViT-S. Defaults to 'dino-s'.
+            ``'s'``/``'small'`` is *not* DINO's ViT-S. DINOv2: 'dinov2-s' / '-b' / '-l' / '-g' (with
+            ``patch_size=14``, ``img_size=518``, ``layer_scale_init_value=1e-5``; '-g' also
+            ``layer_cfgs=dict(ffn_type='swiglu_fused')``). Defaults to 'dino-s'.
         img_size (int | tuple): pretraining image size (sets the stored pos-embed grid). Defaults to 224.
         patch_size (int): 16 for ViT-S/16, ViT-B/16; 8 for ViT-B/8, ViT-S/8. Defaults to 16.
         drop_path_rate (float): stochastic depth. Defaults to 0 (as CoTAP).
@@ -55,6 +57,21 @@ class CoTAPViT(VisionTransformer):
             'num_layers': 12,
             'num_heads': 12,
             'feedforward_channels': 3072,
+        }),
+        # DINOv2 ViT-S/B/L/g 14 (mmpretrain already has 'dinov2-s' and 'dinov2-g'). Use with
+        # patch_size=14, img_size=518 (37x37 pos-embed), layer_scale_init_value=1e-5, and for 'dinov2-g'
+        # layer_cfgs=dict(ffn_type='swiglu_fused') (6144 -> SwiGLU hidden 4096, as DINOv2).
+        **dict.fromkeys(['dinov2-b', 'dinov2-base'], {
+            'embed_dims': 768,
+            'num_layers': 12,
+            'num_heads': 12,
+            'feedforward_channels': 3072,
+        }),
+        **dict.fromkeys(['dinov2-l', 'dinov2-large'], {
+            'embed_dims': 1024,
+            'num_layers': 24,
+            'num_heads': 16,
+            'feedforward_channels': 4096,
         }),
     }
 
