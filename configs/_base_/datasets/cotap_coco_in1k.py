@@ -1,0 +1,35 @@
+# CoTAP pretraining data as in the paper (official coco+in1k data config): every index gives one COCO
+# train2017 image (index mod 118,287, for the patch losses) and one ImageNet-1k train image (for the
+# CLS losses), each with one of its 7 precomputed kNN neighbours (uniform); the epoch is as long as
+# ImageNet (1,281,167). Every image goes through the CoTAP multi-crop of cotap_coco.py.
+# neighbor_collate flattens each item [coco_anchor, coco_neighbour, in_anchor, in_neighbour] into the
+# batch: 4 x batch_size images per GPU, DataSample.neighbor_index / source ('coco' / 'imagenet') /
+# is_neighbor set. Neighbour files (paths relative to each data_root) come from, e.g.:
+#   python tools/misc/compute_neighbors.py configs/cotap/cotap_vit-small-p16_4xb28-240k_coco.py \
+#       --checkpoint checkpoints/dino_vits16_cotap.pth --data-root data/coco --data-prefix train2017 \
+#       --out data/coco/knn/train2017_dino_vits16_k7.npz
+#   torchrun --nproc_per_node 8 tools/misc/compute_neighbors.py (same config and checkpoint) \
+#       --data-root data/imagenet --data-prefix train --out data/imagenet/knn/train_dino_vits16_k7.npz \
+#       --launcher pytorch
+_base_ = ['./cotap_coco.py']
+
+coco_neighbors_file = 'data/coco/knn/train2017_dino_vits16_k7.npz'
+imagenet_neighbors_file = 'data/imagenet/knn/train_dino_vits16_k7.npz'
+train_dataloader = dict(
+    batch_size=28,  # index groups per GPU (ViT-S/16: 4 GPUs x 28 anchors per data set)
+    collate_fn=dict(type='neighbor_collate'),
+    dataset=dict(
+        _delete_=True,
+        type='MixedCOCOImageNet',
+        coco=dict(
+            type='COCOUnlabeled',
+            data_root='data/coco',
+            data_prefix='train2017',
+            neighbors_file=coco_neighbors_file,
+            pipeline={{_base_.train_pipeline}}),
+        imagenet=dict(
+            type='ImageNetUnlabeled',
+            data_root='data/imagenet',
+            data_prefix='train',
+            neighbors_file=imagenet_neighbors_file,
+            pipeline={{_base_.train_pipeline}})))

@@ -1,0 +1,21 @@
+# CoTAP pretraining data, COCO only, with precomputed nearest neighbours: every index gives a COCO
+# train2017 image and one of its 7 kNN neighbours (uniform), each through the CoTAP multi-crop of
+# cotap_coco.py; neighbor_collate flattens [anchor, neighbour] pairs into the batch
+# (2 x batch_size images, DataSample.neighbor_index / source / is_neighbor set).
+# The neighbour file (paths relative to data_root) comes from, e.g.:
+#   python tools/misc/compute_neighbors.py configs/cotap/cotap_vit-small-p16_4xb28-240k_coco.py \
+#       --checkpoint checkpoints/dino_vits16_cotap.pth --data-root data/coco --data-prefix train2017 \
+#       --out data/coco/knn/train2017_dino_vits16_k7.npz
+_base_ = ['./cotap_coco.py']
+
+coco_neighbors_file = 'data/coco/knn/train2017_dino_vits16_k7.npz'
+train_dataloader = dict(
+    batch_size=28,  # anchors per GPU (ViT-S/16: 4 GPUs x 28)
+    collate_fn=dict(type='neighbor_collate'),
+    dataset=dict(
+        _delete_=True,
+        type='COCOUnlabeled',
+        data_root='data/coco',
+        data_prefix='train2017',
+        neighbors_file=coco_neighbors_file,
+        pipeline={{_base_.train_pipeline}}))
