@@ -1,3 +1,4 @@
 from .cotap import CoTAP
+from .scfs import SCFS
 
-__all__ = ['CoTAP']
+__all__ = ['CoTAP', 'SCFS']

@@ -1,3 +1,4 @@
 from .dino_projection_head import DINOProjectionHead
+from .scfs_head import SCFSHead
 
-__all__ = ['DINOProjectionHead']
+__all__ = ['DINOProjectionHead', 'SCFSHead']
