@@ -44,6 +44,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 from mmengine.dataset import BaseDataset
+from mmengine.registry import DefaultScope
 
 from mmpretrain.registry import DATASETS, TRANSFORMS
 
@@ -374,7 +375,10 @@ def _build_pipeline(pipeline: Sequence[Union[dict, Callable]], registry) -> List
     if isinstance(pipeline, dict) or not isinstance(pipeline, (list, tuple)):
         raise TypeError(f'pipeline must be a list of dicts / callables, got '
                         f'{type(pipeline).__name__}')
-    return [registry.build(t) if isinstance(t, dict) else t for t in pipeline]
+    # build under the host toolbox's scope: a runner of another toolbox (e.g. mmpretrain) may have
+    # left its DefaultScope current, and mmengine would then look transforms up in that registry
+    with DefaultScope.overwrite_default_scope(registry.scope):
+        return [registry.build(t) if isinstance(t, dict) else t for t in pipeline]
 
 
 def _check_split(split: str) -> str:
