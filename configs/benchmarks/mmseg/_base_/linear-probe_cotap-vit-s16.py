@@ -1,0 +1,69 @@
+# Frozen linear probe on CoTAP ViT-S/16 patch features (METHOD_cotap §7.1): the backbone is frozen
+# (frozen_stages = number of blocks: every parameter has requires_grad=False; with dropout and
+# drop-path 0, train and eval mode compute the same), a 1x1 conv (FCNHead with num_convs=0, no dropout,
+# no BN -- Leopart/STEGO/CoTAP use a plain nn.Conv2d(C, K, 1)) maps the last-layer patch tokens to
+# class logits, which mmseg upsamples bilinearly to the label size; CE with ignore index 255; Adam,
+# constant lr; 100k training samples.
+#
+# Features: the *plain* last-layer tokens after the final LayerNorm (C = 384), not CoTAP's 2C-dim
+# tokens: those need the object-aware filter (ObjectPrototypeNeck) run on the backbone's last block,
+# which mmseg's backbone -> neck -> head interface cannot express with the existing modules (see the
+# benchmarks README). Use the checkpoint's `backbone.` weights (student); `teacher.backbone.` with
+# `prefix='teacher.backbone.'` evaluates the EMA teacher.
+_base_ = ['mmseg::_base_/default_runtime.py']
+custom_imports = dict(imports=['cotap_mm'], allow_failed_imports=False)
+
+data_preprocessor = dict(
+    type='SegDataPreProcessor',
+    mean=[123.675, 116.28, 103.53],
+    std=[58.395, 57.12, 57.375],
+    bgr_to_rgb=True,
+    pad_val=0,
+    seg_pad_val=255,
+    size=(336, 336))  # training crops (the data configs set the pipelines)
+model = dict(
+    type='EncoderDecoder',
+    data_preprocessor=data_preprocessor,
+    pretrained=None,
+    backbone=dict(
+        type='mmpretrain.CoTAPViT',
+        arch='dino-s',
+        img_size=224,
+        patch_size=16,
+        out_type='featmap',
+        out_indices=-1,  # the last block
+        final_norm=True,
+        frozen_stages=12,  # = number of blocks: the whole backbone is frozen
+        init_cfg=dict(
+            type='Pretrained', checkpoint='pretrain/cotap_vit-s16.pth', prefix='backbone.')),
+    decode_head=dict(
+        type='FCNHead',
+        in_channels=384,
+        in_index=-1,
+        channels=384,  # num_convs=0 requires channels == in_channels
+        num_convs=0,
+        kernel_size=1,
+        concat_input=False,
+        dropout_ratio=0.0,
+        num_classes=150,
+        norm_cfg=None,
+        align_corners=False,
+        loss_decode=dict(type='CrossEntropyLoss', use_sigmoid=False, loss_weight=1.0)),
+    train_cfg=dict(),
+    test_cfg=dict(mode='whole'))
+
+optim_wrapper = dict(
+    type='OptimWrapper', optimizer=dict(type='Adam', lr=3e-3, betas=(0.9, 0.999), weight_decay=0.))
+param_scheduler = []  # constant lr (CoTAP's linear protocol)
+# 100k training samples; CoTAP validates after every pass over the training set and reports the best
+# value seen (mildly optimistic); here the probe is evaluated once, at the end (set
+# train_cfg.val_interval to one pass to mimic CoTAP; the checkpoint hook keeps the best mIoU).
+train_cfg = dict(type='IterBasedTrainLoop', max_iters=782, val_interval=782)
+val_cfg = dict(type='ValLoop')
+test_cfg = dict(type='TestLoop')
+default_hooks = dict(
+    logger=dict(type='LoggerHook', interval=50, log_metric_by_epoch=False),
+    checkpoint=dict(
+        type='CheckpointHook', by_epoch=False, interval=782, max_keep_ckpts=1, save_best='mIoU'))
+# checkpoints that load with torch.load(weights_only=True) (--resume, tools/test.py)
+custom_hooks = [dict(type='mmpretrain.PlainCheckpointHook')]
