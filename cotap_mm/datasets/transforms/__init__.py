@@ -1,5 +1,7 @@
 from .formatting import PackGeometricViews
 from .geometric_views import GeometricMultiView
 from .photometric import HueSafeColorJitter, RandomGaussianBlur
+from .region_cutout import RegionCollaborativeCutout
 
-__all__ = ['PackGeometricViews', 'GeometricMultiView', 'HueSafeColorJitter', 'RandomGaussianBlur']
+__all__ = ['PackGeometricViews', 'GeometricMultiView', 'HueSafeColorJitter', 'RandomGaussianBlur',
+           'RegionCollaborativeCutout']

@@ -1,4 +1,5 @@
 from .cotap import CoTAP
+from .ddssl_ibot import DDSSLiBOT
 from .scfs import SCFS
 
-__all__ = ['CoTAP', 'SCFS']
+__all__ = ['CoTAP', 'SCFS', 'DDSSLiBOT']
