@@ -1,7 +1,7 @@
 # CPU-sized CoTAP demo on generated scenes (SyntheticScenes, no download): tiny ViT (embed 96, 4 layers,
 # 3 heads, patch 8), 2 global 64 px crops (8x8 grid, pooling scales 4 and 8) + 2 local 32 px crops,
-# 16 prototypes, bank 128. Starts from scratch unless load_from is set (e.g. a MoCo v3 tiny checkpoint
-# converted with tools/model_converters/vit2cotap.py).
+# 16 prototypes, bank 128, the paper's five loss terms with small queues. Starts from scratch unless
+# load_from is set (e.g. a MoCo v3 tiny checkpoint converted with tools/model_converters/vit2cotap.py).
 _base_ = [
     '../_base_/models/cotap_vit.py',
     '../_base_/datasets/cotap_coco.py',
@@ -21,7 +21,10 @@ model = dict(
     neck=dict(num_prototypes=16),
     patch_head=dict(hidden_channels=256, bottleneck_channels=64, num_prototypes=128),
     cls_head=dict(hidden_channels=256, bottleneck_channels=64, num_prototypes=256),
-    cls_loss=dict(warmup_iters=50),
+    cls_loss=dict(warmup_iters=50),  # off (loss_weight 0 in the base config)
+    # queues sized for one CPU process (the paper's 262,144 / 32,768 would bloat the checkpoints)
+    patch_queue=dict(size=4096),
+    cls_queue=dict(size=512),
     pool_scales=(4, 8),
     fg_cfg=dict(keep_mass=0.6, blur_kernel=3, blur_sigma=0.6, min_component_size=2),
     bank_size=128,

@@ -15,10 +15,33 @@ model = dict(
                     num_prototypes=512),  # in_channels = 2C
     cls_head=dict(type='DINOProjectionHead', hidden_channels=2048, bottleneck_channels=256,
                   num_prototypes=4096),
-    cotap_loss=dict(type='ContinuousAPLoss', tau=0.5, weight_thres=-0.2, alpha=0.1, loss_weight=1.0),
-    cls_loss=dict(type='DINOClsLoss', student_temp=0.1, teacher_temp=0.07, warmup_teacher_temp=0.04,
-                  warmup_iters=0, center_momentum=0.9, loss_weight=1.0),
+    # the paper's full objective (METHOD_cotap §4), five terms of weight 1; a term is switched off
+    # with e.g. --cfg-options model.patch_cluster_loss.loss_weight=0 (its key leaves the log)
+    cotap_loss=dict(type='ContinuousAPLoss', tau=0.5, weight_thres=-0.2, alpha=0.1,
+                    loss_weight=1.0),
+    patch_cluster_loss=dict(type='PatchClusterLoss', student_temp=0.1, roi_size=6, fg_threshold=0.5,
+                            loss_weight=1.0),
+    cls_cluster_loss=dict(type='ClsClusterLoss', student_temp=0.1, loss_weight=1.0),
+    cls_neighbor_loss=dict(type='ClsNeighborLoss', student_temp=0.2, loss_weight=1.0),
     proto_loss=dict(type='PrototypeEntropyLoss', temperature=0.1, loss_weight=1.0),
+    # DINO CLS self-distillation: not in the paper's objective, off
+    # (--cfg-options model.cls_loss.loss_weight=1 adds it as loss_cls)
+    cls_loss=dict(type='DINOClsLoss', student_temp=0.1, teacher_temp=0.07, warmup_teacher_temp=0.04,
+                  warmup_iters=0, center_momentum=0.9, loss_weight=0.0),
+    # Sinkhorn-Knopp codes and queues (sizes are totals over all GPUs, split across them)
+    patch_sinkhorn=dict(epsilon=0.05, iters=3),
+    cls_sinkhorn=dict(epsilon=0.07, iters=3),
+    patch_queue=dict(size=262144, max_per_step=2048),
+    cls_queue=dict(size=32768, max_per_step=100),
+    cluster_start_iter=1,  # "queues / Sinkhorn only start after the first step"
+    # batches whose samples carry data_sample.source (neighbor_collate): COCO feeds the patch
+    # terms, ImageNet the CLS terms. COCO-only data through neighbor_collate (source 'coco'
+    # everywhere) needs cls_sources=('coco', ). bank_sources=None: the patch_sources; the official
+    # code fills the bank from the ImageNet (CLS-branch) images, i.e. bank_sources=('imagenet', )
+    # for COCO + ImageNet.
+    patch_sources=('coco', ),
+    cls_sources=('imagenet', ),
+    bank_sources=None,
     pool_scales=(7, 14),
     topk=5,
     num_random=5,

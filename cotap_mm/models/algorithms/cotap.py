@@ -4,17 +4,22 @@ Paper: Wen et al., "Semantic Concentration for Self-Supervised Dense Representat
 https://arxiv.org/abs/2509.09429 (official code: github.com/KID-7391/CoTAP).
 """
 import copy
+import logging
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from mmengine.dist import broadcast, is_main_process
+from mmengine.logging import print_log
 from mmpretrain.models.selfsup.base import BaseSelfSupervisor
 from mmpretrain.registry import MODELS
 from mmpretrain.structures import DataSample
 
 from ..backbones.cotap_vit import foreground_mask
+from ..losses.functional.sinkhorn import sinkhorn_knopp
 from ..necks.prototype_ops import pool_bank_samples
+from .feature_queue import FeatureQueue
 from .pair_selection import (build_similarity_items, gather_tokens, negative_partners,
                              pool_views, random_derangements, retrieve_partners,
                              topk_foreground_indices)
@@ -22,18 +27,34 @@ from .pair_selection import (build_similarity_items, gather_tokens, negative_par
 __all__ = ['CoTAP']
 
 _STUDENT_KEYS = ('backbone', 'neck', 'patch_head', 'cls_head')
+_LOSS_KEYS = ('cotap_loss', 'cls_loss', 'proto_loss', 'patch_cluster_loss', 'cls_cluster_loss',
+              'cls_neighbor_loss')
 
 
 def _loss_enabled(loss: Optional[nn.Module]) -> bool:
-    return loss is not None and float(getattr(loss, 'loss_weight', 1.0)) != 0.0
+    """A term is on unless its loss is None or its ``loss_weight`` is 0 / None."""
+    if loss is None:
+        return False
+    weight = getattr(loss, 'loss_weight', 1.0)
+    return weight is not None and float(weight) != 0.0
+
+
+def _head_embed(head: nn.Module, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """L2-normalised bottleneck vectors and prototype matrix of a :class:`DINOProjectionHead`:
+    ``head(x) == z @ W.T``; returns ``z`` [..., D] (float32) and ``W`` [K, D] (float32)."""
+    if not (hasattr(head, 'mlp') and hasattr(head, 'last_layer_weight')):
+        raise TypeError(f'the clustering terms need a DINOProjectionHead-like head with `mlp` and '
+                        f'`last_layer_weight()`, got {type(head).__name__}')
+    z = F.normalize(head.mlp(x).float(), dim=-1)
+    return z, head.last_layer_weight().float()
 
 
 @MODELS.register_module()
 class CoTAP(BaseSelfSupervisor):
-    """CoTAP post-pretraining of a ViT (student / EMA teacher).
+    """CoTAP post-pretraining of a ViT (student / EMA teacher) with the paper's full objective.
 
     Paper: `Semantic Concentration for Self-Supervised Dense Representations Learning
-    <https://arxiv.org/abs/2509.09429>`_. Design notes: METHOD_cotap §1-§3, §10.
+    <https://arxiv.org/abs/2509.09429>`_. Design notes: METHOD_cotap §1-§4, §10.
 
     **Modules.** The student is ``backbone`` (:class:`CoTAPViT`), ``neck``
     (:class:`ObjectPrototypeNeck`, the object-aware filter re-running the backbone's last block),
@@ -50,37 +71,79 @@ class CoTAP(BaseSelfSupervisor):
     **Inputs** (from :class:`PackGeometricViews` + ``SelfSupDataPreprocessor``): ``inputs`` = V
     student views (``num_global_crops`` global crops first, then local crops) followed by T clean
     teacher views (crop indices ``data_samples[i].teacher_view_indices``; they must contain the
-    global crops).
+    global crops; only the global ones are used). ``data_samples[i].crop_boxes`` [V, 4] (and
+    optionally ``crop_flips`` [V]) are needed by ``loss_patch_cluster``.
 
-    **Losses** (all keys returned; a disabled term is absent):
+    **Sub-batches.** When every data sample carries ``<source_key>`` (e.g. ``'coco'`` /
+    ``'imagenet'``, set by the neighbour collate of the mixed dataset), the patch terms
+    (``loss_cotap``, ``loss_patch_cluster``) use the samples whose source is in
+    ``patch_sources``, the CLS terms (``loss_cls``, ``loss_cls_cluster``, ``loss_cls_neighbor``)
+    those in ``cls_sources`` and the prototype bank those in ``bank_sources`` (official: COCO feeds
+    the patch terms, ImageNet the CLS terms). Without the field every sample feeds every term. A
+    term whose sub-batch is empty gives 0 (logged once as a warning: with ``neighbor_collate``
+    every COCO-only sample has ``source='coco'``, so COCO-only runs set ``cls_sources=('coco',)``).
 
-    * ``loss_cotap`` (METHOD_cotap §2): patch-head outputs of the G global crops, student (from
-      the jittered views) and teacher (clean views). Partner ``v`` of image ``u``: the batch
-      position ``data_sample.<partner_key>`` when *every* sample carries that field (hook point
-      for precomputed k-NN neighbours loaded into the same batch), otherwise in-batch retrieval:
-      the other image of the batch whose teacher CLS output of the filter (2C-dim, averaged over
-      the global crops) has the highest cosine similarity (our choice; official: one of 7
-      precomputed k-NN neighbours). Random items: the partners of ``num_random`` random other
-      images (derangements; see :func:`negative_partners`). For each scale in ``pool_scales``
+    **Partners.** ``loss_cotap`` and ``loss_cls_neighbor`` pair each image ``u`` with a partner
+    ``v``: the batch position ``data_sample.<partner_key>`` (``neighbor_index``) when every sample
+    of the sub-batch carries it (remapped to positions within the sub-batch; a partner outside
+    the sub-batch is an error; ``-1``, "no partner" in ``neighbor_collate``, falls back to
+    retrieval), otherwise in-batch retrieval within the sub-batch: the other image whose teacher
+    CLS output of the filter (2C-dim, averaged over the global crops) has the highest cosine
+    similarity (our choice; official: one of 7 precomputed k-NN neighbours).
+
+    **Losses** (METHOD_cotap §4; each key present iff its term is enabled):
+
+    * ``loss_cotap`` (§2): patch-head outputs of the G global crops, student (from the jittered
+      views) and teacher (clean views). Random items: the partners of ``num_random`` random other
+      images (derangements; see :func:`negative_partners`). For each scale in ``pool_scales`` the
       maps and the teacher foreground masks (CLS attention of the teacher's last block,
-      :func:`foreground_mask` with ``fg_cfg``) are adaptive-avg-pooled, the G crops stacked,
-      the ``topk`` cells with the largest pooled mask kept (for u and, separately, for v); the
-      cosine similarities (student S / teacher T on the same index sets) are ranked jointly over
-      the batch with ``cotap_loss`` (:class:`ContinuousAPLoss`); mean over scales.
-    * ``loss_cls``: image-level self-distillation on the CLS head (``cls_loss``,
-      :class:`DINOClsLoss`): student CLS-head outputs of all V crops vs the teacher's of the
-      global crops (pairs of different crops). Stand-in for the official Sinkhorn CLS terms.
-    * ``loss_proto_entropy``: the student keeps a FIFO bank (buffer ``proto_bank`` [bank_size, C,
-      K, K]) of :func:`pool_bank_samples` of the patch tokens entering the last block (global
+      :func:`foreground_mask` with ``fg_cfg``) are adaptive-avg-pooled, the G crops stacked, the
+      ``topk`` cells with the largest pooled mask kept (for u and, separately, for v); the cosine
+      similarities (student S / teacher T on the same index sets) are ranked jointly over the
+      batch with ``cotap_loss`` (:class:`ContinuousAPLoss`); mean over scales.
+    * ``loss_patch_cluster`` (Leopart-style, official ``loss_inner_patch_inner``): teacher
+      patch-head vectors (L2-normalised bottleneck) of the *foreground* patches of the global
+      crops, together with the queue ``patch_queue`` of past ones, are scored against the
+      teacher's prototypes and turned into codes by :func:`sinkhorn_knopp` (``patch_sinkhorn``:
+      epsilon 0.05, 3 iterations); background cells get zero codes; the current foreground
+      vectors are then enqueued. ``patch_cluster_loss`` (:class:`PatchClusterLoss`) RoI-aligns
+      (6 x 6) the code maps of the global crops and the student patch-head score maps of all V
+      crops (local crops included) over each pair's overlap and has every student crop predict
+      the codes of the other crops on teacher-foreground cells.
+    * ``loss_cls_cluster`` (SwAV/DINO-style, official ``loss_inner_cls_inner``): Sinkhorn
+      (``cls_sinkhorn``: epsilon 0.07, 3 iterations) over the teacher CLS-head vectors of the
+      global crops plus the queue ``cls_queue`` -> codes [G, B, K]; ``cls_cluster_loss``
+      (:class:`ClsClusterLoss`): student CLS-head scores of all V crops predict the codes of
+      every other crop.
+    * ``loss_cls_neighbor`` (official ``loss_intra_cls_intra``): the same CLS codes of the
+      partner's global crops are the targets of the anchor's V student crops
+      (``cls_neighbor_loss``, :class:`ClsNeighborLoss`, student temperature 0.2).
+    * ``loss_cls`` (optional, off in the paper configs): DINO self-distillation on the CLS head
+      (``cls_loss``, :class:`DINOClsLoss`): student CLS-head outputs of all V crops vs the
+      teacher's of the global crops (pairs of different crops).
+    * ``loss_proto_entropy`` (§3): the student keeps a FIFO bank (buffer ``proto_bank`` [bank_size,
+      C, K, K]) of :func:`pool_bank_samples` of the patch tokens entering the last block (global
       student crops, ``bank_samples_per_step`` random ones per step, detached). When the bank is
       full for the first time and the prototypes are not initialised, rank 0 runs k-means
       (``neck.init_prototypes_``), the prototypes are broadcast (``mmengine.dist.broadcast``) and
       copied into the teacher's neck. Then ``proto_loss`` (:class:`PrototypeEntropyLoss`) of the
       student prototypes against the bank each step (0 x prototypes before initialisation, so
-      the parameter always takes part in the graph). The bank buffers are excluded from DDP's
-      buffer broadcast (``_ddp_params_and_buffers_to_ignore``): every rank fills its own bank.
+      the parameter always takes part in the graph).
 
-    A term is disabled by passing ``None`` for its loss or a loss with ``loss_weight=0``.
+    **Start of the clustering terms.** Official: "queues / Sinkhorn only start after the first
+    step". The buffer ``loss_iter`` counts ``loss()`` calls; while it is below
+    ``cluster_start_iter`` the three Sinkhorn terms are 0 (kept in the graph and in the log) and
+    no Sinkhorn runs, but the queues are filled. A queue joins Sinkhorn with its valid entries as
+    soon as it has any (our choice; SwAV waits until its queue is full).
+
+    **Distributed.** The queues (``FeatureQueue``, capacity ``size / world_size`` each) and the
+    prototype bank are per-process and excluded from DDP's buffer broadcast
+    (``_ddp_params_and_buffers_to_ignore``); Sinkhorn all-reduces its sums, so the codes solve one
+    problem over the current vectors and queues of all processes. Every process must run the same
+    terms each step (the mixed dataset gives every process samples of every source).
+
+    A term is disabled by passing ``None`` for its loss or a loss with ``loss_weight`` 0 (or
+    None for the new terms); the queue of a disabled clustering term is not built.
 
     Args:
         backbone (dict): :class:`CoTAPViT` config.
@@ -90,8 +153,20 @@ class CoTAP(BaseSelfSupervisor):
             official ``num_prototypes=512``).
         cls_head (dict): same, official ``num_prototypes=4096``.
         cotap_loss (dict, optional): Defaults to ``dict(type='ContinuousAPLoss')``.
-        cls_loss (dict, optional): Defaults to ``dict(type='DINOClsLoss', out_dim=<cls_head K>)``.
+        cls_loss (dict, optional): :class:`DINOClsLoss` config (``out_dim`` defaults to the CLS
+            head's K). Defaults to None (not part of the paper's objective).
         proto_loss (dict, optional): Defaults to ``dict(type='PrototypeEntropyLoss')``.
+        patch_cluster_loss (dict, optional): Defaults to ``dict(type='PatchClusterLoss')``.
+        cls_cluster_loss (dict, optional): Defaults to ``dict(type='ClsClusterLoss')``.
+        cls_neighbor_loss (dict, optional): Defaults to ``dict(type='ClsNeighborLoss')``.
+        patch_sinkhorn (dict): ``epsilon`` and ``iters`` of the patch codes. Defaults to
+            ``dict(epsilon=0.05, iters=3)``.
+        cls_sinkhorn (dict): same for the CLS codes. Defaults to ``dict(epsilon=0.07, iters=3)``.
+        patch_queue (dict, optional): :class:`FeatureQueue` ``size`` (total over processes) and
+            ``max_per_step``; None: no queue. Defaults to ``dict(size=262144, max_per_step=2048)``.
+        cls_queue (dict, optional): Defaults to ``dict(size=32768, max_per_step=100)``.
+        cluster_start_iter (int): first ``loss()`` call (0-based) with Sinkhorn targets.
+            Defaults to 1.
         pool_scales (Sequence[int]): pooled grid sizes; official (7, 14) for a 14 x 14 grid.
             Each must be <= the patch grid. Defaults to (7, 14).
         topk (int): foreground cells kept per image and scale. Defaults to 5.
@@ -104,6 +179,12 @@ class CoTAP(BaseSelfSupervisor):
         kmeans_seed (int): k-means seed. Defaults to 0.
         partner_key (str): data-sample field holding the batch position of the partner.
             Defaults to 'neighbor_index'.
+        source_key (str): data-sample field naming the sample's dataset. Defaults to 'source'.
+        patch_sources (Sequence[str]): sources feeding the patch terms. Defaults to ('coco', ).
+        cls_sources (Sequence[str]): sources feeding the CLS terms. Defaults to ('imagenet', ).
+        bank_sources (Sequence[str], optional): sources feeding the prototype bank; None: the
+            ``patch_sources``. Defaults to None. (METHOD_cotap §3 reads the official bank as
+            filled from the CLS-branch, i.e. ImageNet, images.)
         data_preprocessor (dict, optional): Defaults to ``SelfSupDataPreprocessor``.
         init_cfg (dict, optional): Defaults to None.
     """
@@ -114,8 +195,16 @@ class CoTAP(BaseSelfSupervisor):
                  patch_head: dict,
                  cls_head: dict,
                  cotap_loss: Optional[dict] = dict(type='ContinuousAPLoss'),
-                 cls_loss: Optional[dict] = dict(type='DINOClsLoss'),
+                 cls_loss: Optional[dict] = None,
                  proto_loss: Optional[dict] = dict(type='PrototypeEntropyLoss'),
+                 patch_cluster_loss: Optional[dict] = dict(type='PatchClusterLoss'),
+                 cls_cluster_loss: Optional[dict] = dict(type='ClsClusterLoss'),
+                 cls_neighbor_loss: Optional[dict] = dict(type='ClsNeighborLoss'),
+                 patch_sinkhorn: dict = dict(epsilon=0.05, iters=3),
+                 cls_sinkhorn: dict = dict(epsilon=0.07, iters=3),
+                 patch_queue: Optional[dict] = dict(size=262144, max_per_step=2048),
+                 cls_queue: Optional[dict] = dict(size=32768, max_per_step=100),
+                 cluster_start_iter: int = 1,
                  pool_scales: Sequence[int] = (7, 14),
                  topk: int = 5,
                  num_random: int = 5,
@@ -125,6 +214,10 @@ class CoTAP(BaseSelfSupervisor):
                  kmeans_iters: int = 3000,
                  kmeans_seed: int = 0,
                  partner_key: str = 'neighbor_index',
+                 source_key: str = 'source',
+                 patch_sources: Sequence[str] = ('coco', ),
+                 cls_sources: Sequence[str] = ('imagenet', ),
+                 bank_sources: Optional[Sequence[str]] = None,
                  data_preprocessor: Optional[Union[dict, nn.Module]] = None,
                  init_cfg: Optional[dict] = None) -> None:
         backbone = MODELS.build(backbone) if isinstance(backbone, dict) else backbone
@@ -153,7 +246,8 @@ class CoTAP(BaseSelfSupervisor):
         for name, val, low in (('topk', topk, 1), ('num_random', num_random, 0),
                                ('bank_size', bank_size, 1),
                                ('bank_samples_per_step', bank_samples_per_step, 1),
-                               ('kmeans_iters', kmeans_iters, 1)):
+                               ('kmeans_iters', kmeans_iters, 1),
+                               ('cluster_start_iter', cluster_start_iter, 0)):
             if isinstance(val, bool) or not isinstance(val, int) or val < low:
                 raise ValueError(f'{name} must be an int >= {low}, got {val!r}')
         if bank_size < self.neck.num_prototypes:
@@ -168,27 +262,78 @@ class CoTAP(BaseSelfSupervisor):
         self.kmeans_iters = kmeans_iters
         self.kmeans_seed = kmeans_seed
         self.partner_key = partner_key
+        self.source_key = source_key
+        self.patch_sources = self._check_sources(patch_sources, 'patch_sources')
+        self.cls_sources = self._check_sources(cls_sources, 'cls_sources')
+        self.bank_sources = (self.patch_sources if bank_sources is None else
+                             self._check_sources(bank_sources, 'bank_sources'))
+        self.cluster_start_iter = cluster_start_iter
+        self._warned_sources: set = set()
+        self.patch_sinkhorn = self._check_sinkhorn(patch_sinkhorn, 'patch_sinkhorn')
+        self.cls_sinkhorn = self._check_sinkhorn(cls_sinkhorn, 'cls_sinkhorn')
 
         if isinstance(cls_loss, dict):
             cls_loss = dict(cls_loss)
             if cls_loss.get('type') in ('DINOClsLoss', 'mmpretrain.DINOClsLoss'):
                 cls_loss.setdefault('out_dim', self.cls_head.num_prototypes)
-        self.cotap_loss = MODELS.build(cotap_loss) if isinstance(cotap_loss, dict) else cotap_loss
-        self.cls_loss = MODELS.build(cls_loss) if isinstance(cls_loss, dict) else cls_loss
-        self.proto_loss = MODELS.build(proto_loss) if isinstance(proto_loss, dict) else proto_loss
+        for name, cfg in (('cotap_loss', cotap_loss), ('cls_loss', cls_loss),
+                          ('proto_loss', proto_loss), ('patch_cluster_loss', patch_cluster_loss),
+                          ('cls_cluster_loss', cls_cluster_loss),
+                          ('cls_neighbor_loss', cls_neighbor_loss)):
+            setattr(self, name, MODELS.build(cfg) if isinstance(cfg, dict) else cfg)
 
         self.teacher = nn.ModuleDict({k: copy.deepcopy(getattr(self, k)) for k in _STUDENT_KEYS})
         self.teacher.requires_grad_(False)
         self.register_buffer('teacher_initialized', torch.tensor(False))
+        self.register_buffer('loss_iter', torch.tensor(0, dtype=torch.long))
 
         K = self.neck.kernel_size
         self.register_buffer('proto_bank', torch.zeros(bank_size, self.neck.embed_dims, K, K))
         self.register_buffer('proto_bank_ptr', torch.tensor(0, dtype=torch.long))
         self.register_buffer('proto_bank_count', torch.tensor(0, dtype=torch.long))
-        # every rank fills its own bank: keep DDP from broadcasting rank 0's each step
-        self._ddp_params_and_buffers_to_ignore = [
-            'proto_bank', 'proto_bank_ptr', 'proto_bank_count'
-        ]
+
+        self.patch_queue = self.cls_queue = None
+        if _loss_enabled(self.patch_cluster_loss) and patch_queue is not None:
+            self.patch_queue = FeatureQueue(dim=self._bottleneck_dim(self.patch_head, 'patch_head'),
+                                            **patch_queue)
+        if (_loss_enabled(self.cls_cluster_loss) or _loss_enabled(self.cls_neighbor_loss)) \
+                and cls_queue is not None:
+            self.cls_queue = FeatureQueue(dim=self._bottleneck_dim(self.cls_head, 'cls_head'),
+                                          **cls_queue)
+        # every rank fills its own bank and queues: keep DDP from broadcasting rank 0's each step
+        ignore = ['proto_bank', 'proto_bank_ptr', 'proto_bank_count']
+        for name in ('patch_queue', 'cls_queue'):
+            if getattr(self, name) is not None:
+                ignore += [f'{name}.{b}' for b, _ in getattr(self, name).named_buffers()]
+        self._ddp_params_and_buffers_to_ignore = ignore
+
+    # ------------------------------------------------------------------ config checks
+    @staticmethod
+    def _check_sources(sources: Sequence[str], name: str) -> Tuple[str, ...]:
+        if isinstance(sources, str) or not isinstance(sources, (list, tuple)) or not all(
+                isinstance(s, str) for s in sources):
+            raise ValueError(f'{name} must be a list/tuple of source names, got {sources!r}')
+        return tuple(sources)
+
+    @staticmethod
+    def _check_sinkhorn(cfg: dict, name: str) -> dict:
+        cfg = dict(cfg or {})
+        unknown = set(cfg) - {'epsilon', 'iters'}
+        if unknown:
+            raise ValueError(f'{name} accepts epsilon and iters, got unknown keys '
+                             f'{sorted(unknown)}')
+        cfg.setdefault('epsilon', 0.05)
+        cfg.setdefault('iters', 3)
+        if not cfg['epsilon'] > 0 or not isinstance(cfg['iters'], int) or cfg['iters'] < 1:
+            raise ValueError(f'{name} needs epsilon > 0 and an int iters >= 1, got {cfg}')
+        return cfg
+
+    @staticmethod
+    def _bottleneck_dim(head: nn.Module, name: str) -> int:
+        if not hasattr(head, 'last_layer_weight'):
+            raise TypeError(f'{name} must be a DINOProjectionHead-like head (last_layer_weight) '
+                            f'for the clustering terms, got {type(head).__name__}')
+        return int(head.last_layer_weight().shape[1])
 
     # ------------------------------------------------------------------ structure
     @property
@@ -227,21 +372,60 @@ class CoTAP(BaseSelfSupervisor):
         return patches.transpose(1, 2).reshape(B, D, h, w)
 
     # ------------------------------------------------------------------ helpers
+    def _source_index(self, data_samples: List[DataSample], sources: Tuple[str, ...],
+                      device: torch.device) -> Optional[torch.Tensor]:
+        """Batch positions of the samples of ``sources``; None when no sample has a source."""
+        has = [self.source_key in ds for ds in data_samples]
+        if not any(has):
+            return None
+        if not all(has):
+            raise ValueError(f'either all or no data samples must carry {self.source_key!r}; '
+                             f'missing at batch positions '
+                             f'{[i for i, h in enumerate(has) if not h]}')
+        idx = [i for i, ds in enumerate(data_samples) if ds.get(self.source_key) in sources]
+        if not idx and sources not in self._warned_sources:
+            self._warned_sources.add(sources)
+            found = sorted({str(ds.get(self.source_key)) for ds in data_samples})
+            print_log(f'CoTAP: no sample of the sources {sources} in a batch of sources {found}: '
+                      f'the terms fed by {sources} are 0 (set model.patch_sources / cls_sources / '
+                      f'bank_sources to match the data, e.g. cls_sources={tuple(found)} for '
+                      f'COCO-only data with neighbor_collate)', logger='current',
+                      level=logging.WARNING)
+        return torch.as_tensor(idx, dtype=torch.long, device=device)
+
     def _partners(self, embeddings: torch.Tensor,
-                  data_samples: Optional[List[DataSample]]) -> torch.Tensor:
-        B = embeddings.shape[0]
-        if data_samples and all(self.partner_key in ds for ds in data_samples):
-            idx = torch.as_tensor([int(ds.get(self.partner_key)) for ds in data_samples],
-                                  dtype=torch.long, device=embeddings.device)
-            ar = torch.arange(B, device=idx.device)
-            if bool(((idx < 0) | (idx >= B) | (idx == ar)).any()):
-                raise ValueError(f'data_sample.{self.partner_key} must be batch positions in '
-                                 f'[0, {B}) different from the sample itself, got {idx.tolist()}')
-            return idx
-        return retrieve_partners(embeddings)
+                  data_samples: Optional[List[DataSample]],
+                  index: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Partner positions within the sub-batch ``index`` (None: the whole batch)."""
+        b = embeddings.shape[0]
+        full = len(data_samples) if data_samples else b
+        pos = list(range(full)) if index is None else [int(i) for i in index.tolist()]
+        sub = [data_samples[i] for i in pos] if data_samples else []
+        if not sub or not all(self.partner_key in ds for ds in sub):
+            return retrieve_partners(embeddings)
+        raw = [int(ds.get(self.partner_key)) for ds in sub]
+        if any(r < -1 or r >= full for r in raw):
+            raise ValueError(f'data_sample.{self.partner_key} must be batch positions in '
+                             f'[0, {full}) or -1 (no partner), got {raw}')
+        where = {p: k for k, p in enumerate(pos)}
+        outside = [r for r in raw if r >= 0 and r not in where]
+        if outside:
+            raise ValueError(f'data_sample.{self.partner_key} points to batch positions '
+                             f'{outside} outside the sub-batch {pos} of the same sources '
+                             f'({self.source_key!r}); partners must share the source')
+        if any(where.get(r) == k for k, r in enumerate(raw)):
+            raise ValueError(f'data_sample.{self.partner_key} must differ from the sample '
+                             f'itself, got {raw} for batch positions {pos}')
+        idx = [where.get(r, -1) for r in raw]
+        if -1 in idx:  # samples without a partner (neighbor_index -1): in-batch retrieval
+            found = retrieve_partners(embeddings).tolist()
+            idx = [found[k] if i < 0 else i for k, i in enumerate(idx)]
+        return torch.as_tensor(idx, dtype=torch.long, device=embeddings.device)
 
     @torch.no_grad()
     def _update_bank(self, tokens_pre_last: torch.Tensor, hw: Tuple[int, int]) -> None:
+        if tokens_pre_last.shape[0] == 0:
+            return
         samples = pool_bank_samples(tokens_pre_last[:, 1:].detach().float(), hw,
                                     self.neck.kernel_size)
         n = min(samples.shape[0], self.bank_samples_per_step, self.bank_size)
@@ -266,6 +450,23 @@ class CoTAP(BaseSelfSupervisor):
         broadcast(self.neck.prototypes.data, 0)
         self.neck.prototypes_initialized.fill_(True)
         self.teacher['neck'].load_prototypes_(self.neck.prototypes.data)
+
+    @torch.no_grad()
+    def _sinkhorn_codes(self, z: torch.Tensor, weight: torch.Tensor,
+                        queue: Optional[FeatureQueue], cfg: dict) -> torch.Tensor:
+        """Codes [n, K] of the rows of ``z`` [n, D], Sinkhorn together with ``queue``'s entries."""
+        z = z.float()
+        past = queue.features().to(z) if queue is not None else z.new_zeros((0, z.shape[1]))
+        with torch.autocast(device_type=z.device.type, enabled=False):
+            scores = torch.cat([past, z]) @ weight.float().t()
+        return sinkhorn_knopp(scores, cfg['epsilon'], cfg['iters'])[past.shape[0]:]
+
+    @staticmethod
+    def _split_batch(x: torch.Tensor, n: int, B: int,
+                     index: Optional[torch.Tensor]) -> torch.Tensor:
+        """View-major [n*B, ...] -> [n, b, ...] restricted to the batch positions ``index``."""
+        x = x.reshape(n, B, *x.shape[1:])
+        return x if index is None else x[:, index]
 
     def _split_views(self, inputs: List[torch.Tensor], data_samples: List[DataSample]):
         if not isinstance(inputs, (list, tuple)) or not data_samples:
@@ -292,14 +493,36 @@ class CoTAP(BaseSelfSupervisor):
         teacher_global = [inputs[V + pos[g]] for g in range(G)]
         return inputs[:V], teacher_global, G
 
+    @staticmethod
+    def _crop_geometry(samples: List[DataSample], V: int, device: torch.device
+                       ) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+        if not samples:
+            return torch.zeros(0, V, 4, device=device), None
+        if not all('crop_boxes' in ds for ds in samples):
+            raise ValueError('loss_patch_cluster needs data_sample.crop_boxes [V, 4] (original-'
+                             'image boxes of the crops, from GeometricMultiView + '
+                             'PackGeometricViews); disable the term with '
+                             'patch_cluster_loss=None otherwise')
+        boxes = torch.stack([torch.as_tensor(ds.crop_boxes, dtype=torch.float32)
+                             for ds in samples]).to(device)
+        if boxes.shape[1:] != (V, 4):
+            raise ValueError(f'data_sample.crop_boxes must be [V, 4] = [{V}, 4], got '
+                             f'{tuple(boxes.shape[1:])}')
+        flips = None
+        if all('crop_flips' in ds for ds in samples):
+            flips = torch.stack([torch.as_tensor(ds.crop_flips, dtype=torch.bool)
+                                 for ds in samples]).to(device)
+        return boxes, flips
+
     # ------------------------------------------------------------------ loss
     def loss(self, inputs: List[torch.Tensor], data_samples: List[DataSample],
              **kwargs) -> Dict[str, torch.Tensor]:
-        """Compute ``loss_cotap``, ``loss_cls`` and ``loss_proto_entropy``.
+        """Compute the enabled terms (see the class docstring).
 
         Args:
             inputs (list[Tensor]): V student views then T teacher views, each [B, 3, H, W].
-            data_samples (list[DataSample]): B samples from :class:`PackGeometricViews`.
+            data_samples (list[DataSample]): B samples from :class:`PackGeometricViews`
+                (optionally with ``source`` and ``neighbor_index``).
 
         Returns:
             dict[str, Tensor]: scalar losses of the enabled terms.
@@ -307,18 +530,26 @@ class CoTAP(BaseSelfSupervisor):
         student_views, teacher_views, G = self._split_views(inputs, data_samples)
         V = len(student_views)
         B = student_views[0].shape[0]
-        use_cotap = _loss_enabled(self.cotap_loss)
-        use_cls = _loss_enabled(self.cls_loss)
-        use_proto = _loss_enabled(self.proto_loss)
+        dev = student_views[0].device
+        on = {k: _loss_enabled(getattr(self, k)) for k in _LOSS_KEYS}
+        use_patch = on['cotap_loss'] or on['patch_cluster_loss']
+        use_codes = on['cls_cluster_loss'] or on['cls_neighbor_loss']
+        use_cls = on['cls_loss'] or use_codes
+        clustering = int(self.loss_iter.item()) >= self.cluster_start_iter
+        p_idx = self._source_index(data_samples, self.patch_sources, dev)
+        c_idx = self._source_index(data_samples, self.cls_sources, dev)
+        bp = B if p_idx is None else int(p_idx.numel())
+        bc = B if c_idx is None else int(c_idx.numel())
         losses: Dict[str, torch.Tensor] = {}
-        if use_proto:
+        if on['proto_loss']:
             # before any forward: k-means changes the prototypes in place
             self._maybe_init_prototypes()
 
-        # ---- student
-        s_tokens, hw, s_cls_g, s_patch = self._encode(self.student, torch.cat(student_views[:G]))
-        s_cls = [s_cls_g]
-        if use_cls and V > G:
+        # ---- student: global crops, then local crops grouped by size
+        s_tokens, hw, s_cls_g, s_patch_g = self._encode(self.student, torch.cat(student_views[:G]))
+        s_cls_views = [s_cls_g.reshape(G, B, -1)]  # [n, B, 2C] per group
+        s_local_patch: List[Tuple[torch.Tensor, Tuple[int, int]]] = []  # [B, N_l, 2C] per crop
+        if V > G and (use_cls or on['patch_cluster_loss']):
             groups: List[List[torch.Tensor]] = []
             for v in student_views[G:]:
                 if groups and groups[-1][0].shape[-2:] == v.shape[-2:]:
@@ -327,26 +558,92 @@ class CoTAP(BaseSelfSupervisor):
                     groups.append([v])
             for grp in groups:
                 tok, hw_l = self.backbone.forward_pre_last(torch.cat(grp))
-                s_cls.append(self.neck(tok, hw_l, self.backbone.last_block)[0])
+                cls_l, patch_l = self.neck(tok, hw_l, self.backbone.last_block)
+                s_cls_views.append(cls_l.reshape(len(grp), B, -1))
+                patch_l = patch_l.reshape(len(grp), B, *patch_l.shape[1:])
+                s_local_patch += [(patch_l[k], tuple(hw_l)) for k in range(len(grp))]
+        zero = s_cls_g.sum() * 0.0  # value of a term with an empty sub-batch
 
-        # ---- teacher
+        # ---- teacher (global crops)
         with torch.no_grad():
             t_tokens, t_hw, t_cls_g, t_patch = self._encode(self.teacher, torch.cat(teacher_views))
             if tuple(t_hw) != tuple(hw):
                 raise ValueError(f'student and teacher global views differ in grid: {hw} vs {t_hw}')
+            fg = None
+            if use_patch:
+                attn = self.teacher['backbone'].last_cls_attention(t_tokens)
+                fg = foreground_mask(attn, hw, **self.fg_cfg)  # [G*B, h, w]
 
-        if use_cls:
-            s_logits = self.cls_head(torch.cat(s_cls)).reshape(V, B, -1)
+        # ---- patch terms
+        if use_patch:
+            h, w = int(hw[0]), int(hw[1])
+            s_scores = self.patch_head(self._split_batch(s_patch_g, G, B, p_idx))  # [G,bp,N,K]
             with torch.no_grad():
-                t_logits = self.teacher['cls_head'](t_cls_g).reshape(G, B, -1)
-            losses['loss_cls'] = self.cls_loss(s_logits, t_logits, list(range(V)), list(range(G)))
+                # teacher head = (normalised bottleneck z) @ (prototypes W)^T
+                t_z, t_w = _head_embed(self.teacher['patch_head'],
+                                       self._split_batch(t_patch, G, B, p_idx))  # [G,bp,N,D]
+                fg_p = self._split_batch(fg, G, B, p_idx)  # [G, bp, h, w]
+            if on['cotap_loss']:
+                if bp == 0:
+                    losses['loss_cotap'] = zero
+                else:
+                    with torch.no_grad():
+                        t_scores = t_z @ t_w.t()
+                        emb = self._split_batch(t_cls_g, G, B, p_idx).float().mean(dim=0)
+                        partner = self._partners(emb, data_samples, p_idx)
+                    losses['loss_cotap'] = self._cotap_term(
+                        s_scores.flatten(0, 1), t_scores.flatten(0, 1), fg_p.flatten(0, 1),
+                        partner, (h, w), G, bp)
+            if on['patch_cluster_loss']:
+                losses['loss_patch_cluster'] = self._patch_cluster_term(
+                    s_scores, s_local_patch, t_z, t_w, fg_p, (h, w), student_views,
+                    data_samples, p_idx, clustering, zero)
 
-        if use_cotap:
-            losses['loss_cotap'] = self._cotap_term(s_patch, t_tokens, t_cls_g, t_patch, hw, G, B,
-                                                    data_samples)
+        # ---- CLS terms
+        if use_cls:
+            s_cls_all = torch.cat(s_cls_views)  # [V', B, 2C]
+            Vc = s_cls_all.shape[0]
+            s_logits = self.cls_head(s_cls_all if c_idx is None else s_cls_all[:, c_idx])
+            with torch.no_grad():
+                t_cls_c = self._split_batch(t_cls_g, G, B, c_idx)  # [G, bc, 2C]
+            if on['cls_loss']:
+                if bc == 0:
+                    losses['loss_cls'] = zero
+                else:
+                    with torch.no_grad():
+                        t_logits = self.teacher['cls_head'](t_cls_c)
+                    losses['loss_cls'] = self.cls_loss(s_logits, t_logits, list(range(Vc)),
+                                                       list(range(G)))
+            if use_codes:
+                codes = None
+                with torch.no_grad():
+                    z, weight = _head_embed(self.teacher['cls_head'], t_cls_c)  # [G, bc, D]
+                    flat = z.reshape(-1, z.shape[-1])
+                    if clustering:
+                        codes = self._sinkhorn_codes(flat, weight, self.cls_queue,
+                                                     self.cls_sinkhorn).reshape(
+                                                         G, bc, weight.shape[0])
+                    if self.cls_queue is not None:
+                        self.cls_queue.enqueue(flat)
+                if on['cls_cluster_loss']:
+                    losses['loss_cls_cluster'] = (
+                        self.cls_cluster_loss(s_logits, codes, list(range(Vc)), list(range(G)))
+                        if codes is not None and bc > 0 else zero + s_logits.sum() * 0.0)
+                if on['cls_neighbor_loss']:
+                    if codes is not None and bc > 0:
+                        with torch.no_grad():
+                            partner = self._partners(t_cls_c.float().mean(dim=0), data_samples,
+                                                     c_idx)
+                        losses['loss_cls_neighbor'] = self.cls_neighbor_loss(s_logits, codes,
+                                                                             partner)
+                    else:
+                        losses['loss_cls_neighbor'] = zero + s_logits.sum() * 0.0
 
-        if use_proto:
-            self._update_bank(s_tokens, hw)
+        # ---- prototype bank + entropy
+        if on['proto_loss']:
+            b_idx = self._source_index(data_samples, self.bank_sources, dev)
+            tok = self._split_batch(s_tokens, G, B, b_idx)
+            self._update_bank(tok.reshape(-1, *tok.shape[2:]), hw)
             protos = self.neck.prototypes
             if bool(self.neck.prototypes_initialized.item()):
                 with torch.autocast(device_type=protos.device.type, enabled=False):
@@ -354,11 +651,54 @@ class CoTAP(BaseSelfSupervisor):
                                                                    self.proto_bank.float())
             else:
                 losses['loss_proto_entropy'] = protos.sum() * 0.0
+        self.loss_iter.add_(1)
         return losses
 
-    def _cotap_term(self, s_patch: torch.Tensor, t_tokens: torch.Tensor, t_cls_g: torch.Tensor,
-                    t_patch_feat: torch.Tensor, hw: Tuple[int, int], G: int, B: int,
-                    data_samples: List[DataSample]) -> torch.Tensor:
+    def _patch_cluster_term(self, s_scores: torch.Tensor,
+                            s_local_patch: List[Tuple[torch.Tensor, Tuple[int, int]]],
+                            t_z: torch.Tensor, t_w: torch.Tensor, fg_p: torch.Tensor,
+                            hw: Tuple[int, int],
+                            student_views: List[torch.Tensor], data_samples: List[DataSample],
+                            p_idx: Optional[torch.Tensor], clustering: bool,
+                            zero: torch.Tensor) -> torch.Tensor:
+        G, bp, N, K = s_scores.shape
+        h, w = hw
+        V = len(student_views)
+        dev = s_scores.device
+
+        def to_map(x: torch.Tensor, grid: Tuple[int, int]) -> torch.Tensor:  # [b, N, K] -> map
+            return x.transpose(1, 2).reshape(x.shape[0], x.shape[2], grid[0], grid[1])
+
+        s_maps = [to_map(s_scores[g], (h, w)) for g in range(G)]
+        for patch_l, hw_l in s_local_patch:
+            sel = patch_l if p_idx is None else patch_l[p_idx]
+            s_maps.append(to_map(self.patch_head(sel), hw_l))
+        if len(s_maps) != V:
+            raise RuntimeError(f'expected {V} student patch maps, got {len(s_maps)}')
+        with torch.no_grad():
+            flat = t_z.reshape(-1, t_z.shape[-1])  # teacher bottleneck vectors [G*bp*N, D]
+            is_fg = fg_p.reshape(-1).bool()
+            current = flat[is_fg]
+            codes = None
+            if clustering:
+                fg_codes = self._sinkhorn_codes(current, t_w, self.patch_queue,
+                                                self.patch_sinkhorn)
+                codes = flat.new_zeros((flat.shape[0], K))
+                codes[is_fg] = fg_codes
+                codes = codes.reshape(G, bp, h, w, K).permute(0, 1, 4, 2, 3)
+            if self.patch_queue is not None:
+                self.patch_queue.enqueue(current)
+        dummy = zero + sum(m.sum() for m in s_maps) * 0.0
+        if codes is None or bp == 0:
+            return dummy
+        samples = data_samples if p_idx is None else [data_samples[i] for i in p_idx.tolist()]
+        boxes, flips = self._crop_geometry(samples, V, dev)
+        sizes = [tuple(v.shape[-2:]) for v in student_views]
+        return self.patch_cluster_loss(s_maps, codes, fg_p.float(), boxes, sizes, flips) + dummy
+
+    def _cotap_term(self, s_scores: torch.Tensor, t_scores: torch.Tensor, fg: torch.Tensor,
+                    partner: torch.Tensor, hw: Tuple[int, int], G: int,
+                    B: int) -> torch.Tensor:
         h, w = int(hw[0]), int(hw[1])
         for ks in self.pool_scales:
             if ks > min(h, w):
@@ -367,13 +707,7 @@ class CoTAP(BaseSelfSupervisor):
             if self.topk > G * ks * ks:
                 raise ValueError(f'topk={self.topk} exceeds the {G * ks * ks} pooled cells at '
                                  f'scale {ks}')
-        s_scores = self.patch_head(s_patch)  # [G*B, N, K]
         with torch.no_grad():
-            t_scores = self.teacher['patch_head'](t_patch_feat)
-            attn = self.teacher['backbone'].last_cls_attention(t_tokens)
-            fg = foreground_mask(attn, (h, w), **self.fg_cfg)  # [G*B, h, w]
-            emb = t_cls_g.float().reshape(G, B, -1).mean(dim=0)
-            partner = self._partners(emb, data_samples)
             perms = random_derangements(B, self.num_random, device=partner.device)
             negatives = negative_partners(partner, perms)
 

@@ -8,9 +8,10 @@ import pytest
 import torch
 
 import cotap_mm  # noqa: F401
-import cotap_mm.models.algorithms.cotap  # noqa: F401  (registers CoTAP)
+import cotap_mm.models.algorithms.cotap as cotap_module  # registers CoTAP
 import cotap_mm.models.heads.dino_projection_head  # noqa: F401
 import cotap_mm.models.losses.dino_cls_loss  # noqa: F401  (registers DINOClsLoss)
+from cotap_mm.datasets.transforms.geometric_views import GeometricMultiView
 from cotap_mm.engine.hooks.ema_teacher_hook import check_teacher_student
 from mmengine.config import Config
 from mmpretrain.registry import MODELS
@@ -18,6 +19,10 @@ from mmpretrain.structures import DataSample
 
 REPO = osp.dirname(osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))))
 TINY = osp.join(REPO, 'configs/cotap/cotap_vit-tiny-p8_1xb8-demo_synthetic.py')
+FULL_KEYS = {'loss_cotap', 'loss_patch_cluster', 'loss_cls_cluster', 'loss_cls_neighbor',
+             'loss_proto_entropy'}
+CLUSTER_KEYS = ('loss_patch_cluster', 'loss_cls_cluster', 'loss_cls_neighbor')
+NO_NEW_TERMS = dict(patch_cluster_loss=None, cls_cluster_loss=None, cls_neighbor_loss=None)
 
 
 def _build(init_weights=False, **overrides):
@@ -35,12 +40,16 @@ def _batch(B=4, G=2, L=2, size=64, local=32, seed=0, noise=0.3):
     teacher = [torch.randn(B, 3, size, size, generator=g) for _ in range(G)]
     student = [t + noise * torch.randn(t.shape, generator=g) for t in teacher]
     student += [torch.randn(B, 3, local, local, generator=g) for _ in range(L)]
+    sampler = GeometricMultiView(num_global=G, global_size=size, num_local=L, local_size=local,
+                                 local_scale=(0.05, 0.2), seed=seed)
     samples = []
     for _ in range(B):
         ds = DataSample()
         ds.set_metainfo(dict(num_student_views=G + L, num_teacher_views=G, num_global_crops=G,
                              num_local_crops=L))
         ds.set_field(torch.arange(G), 'teacher_view_indices')
+        ds.set_field(torch.from_numpy(sampler.sample_boxes(96, 96)), 'crop_boxes')
+        ds.set_field(torch.zeros(G + L, dtype=torch.bool), 'crop_flips')
         samples.append(ds)
     return student + teacher, samples
 
@@ -52,7 +61,14 @@ def test_builds_structure_and_state_dict():
     assert any(k.startswith('backbone.') for k in keys)
     assert any(k.startswith('teacher.backbone.') for k in keys)
     assert not any(k.startswith('student.') for k in keys)  # no duplicated student keys
-    assert 'teacher_initialized' in keys and 'proto_bank' in keys
+    assert 'teacher_initialized' in keys and 'proto_bank' in keys and 'loss_iter' in keys
+    for name in ('patch_queue', 'cls_queue'):
+        for buf in ('queue', 'ptr', 'count'):
+            assert f'{name}.{buf}' in keys
+            assert f'{name}.{buf}' in model._ddp_params_and_buffers_to_ignore
+    # demo config: 4096 / 512 vectors of the heads' 64-dim bottleneck (one process)
+    assert model.patch_queue.queue.shape == (4096, 64) and model.cls_queue.queue.shape == (512, 64)
+    assert model.patch_queue.max_per_step == 2048 and model.cls_queue.max_per_step == 100
     assert all(not p.requires_grad for p in model.teacher.parameters())
     # the EMA hook's view of the student
     student = model.get_submodule('student')
@@ -68,13 +84,21 @@ def test_builds_structure_and_state_dict():
 def test_loss_finite_and_gradients():
     model = _build()
     inputs, samples = _batch()
+    first = model.loss(inputs, samples)
+    assert set(first) == FULL_KEYS
+    # "queues / Sinkhorn only start after the first step": 0 on step 0, queues already filled
+    for key in CLUSTER_KEYS:
+        assert first[key].item() == 0.0 and first[key].requires_grad, key
+    assert len(model.patch_queue) > 0 and len(model.cls_queue) == 2 * 4
     losses = model.loss(inputs, samples)
-    assert set(losses) == {'loss_cotap', 'loss_cls', 'loss_proto_entropy'}
+    assert set(losses) == FULL_KEYS and int(model.loss_iter) == 2
     assert all(torch.isfinite(v) and v.dim() == 0 for v in losses.values())
+    for key in CLUSTER_KEYS:
+        assert losses[key].item() > 0, key
 
-    # cotap + cls terms: reach the backbone and heads, not the teacher, not the prototypes
+    # all terms: reach the backbone and heads, not the teacher, not the prototypes
     model.zero_grad()
-    (losses['loss_cotap'] + losses['loss_cls']).backward()
+    sum(v for k, v in losses.items() if k != 'loss_proto_entropy').backward()
     assert model.backbone.layers[0].attn.qkv.weight.grad.abs().sum() > 0
     assert model.backbone.layers[-1].ffn.layers[0][0].weight.grad.abs().sum() > 0
     assert model.patch_head.weight_v.grad.abs().sum() > 0
@@ -82,12 +106,154 @@ def test_loss_finite_and_gradients():
     assert model.neck.prototypes.grad is None
     assert all(p.grad is None for p in model.teacher.parameters())
 
-    # each term alone reaches the backbone
-    for key in ('loss_cotap', 'loss_cls'):
+    # each term alone reaches the backbone and its own head only
+    heads = {'loss_cotap': 'patch_head', 'loss_patch_cluster': 'patch_head',
+             'loss_cls_cluster': 'cls_head', 'loss_cls_neighbor': 'cls_head'}
+    for key, head in heads.items():
         model.zero_grad()
         model.loss(inputs, samples)[key].backward()
         assert model.backbone.layers[0].attn.qkv.weight.grad.abs().sum() > 0, key
+        assert getattr(model, head).weight_v.grad.abs().sum() > 0, key
+        other = 'cls_head' if head == 'patch_head' else 'patch_head'
+        grad = getattr(model, other).weight_v.grad
+        assert grad is None or grad.abs().sum() == 0, key
         assert model.neck.prototypes.grad is None, key
+        assert all(p.grad is None for p in model.teacher.parameters()), key
+
+
+def test_local_crops_feed_the_patch_cluster_term():
+    model = _build(cotap_loss=None, proto_loss=None, cls_cluster_loss=None,
+                   cls_neighbor_loss=None, cluster_start_iter=0)
+    inputs, samples = _batch()
+    losses = model.loss(inputs, samples)
+    assert set(losses) == {'loss_patch_cluster'}
+    local = inputs[2].clone().requires_grad_(True)  # first local student crop
+    inputs = inputs[:2] + [local] + inputs[3:]
+    torch.manual_seed(0)
+    model.loss(inputs, samples)['loss_patch_cluster'].backward()
+    assert local.grad is not None and local.grad.abs().sum() > 0
+    for ds in samples:
+        del ds.crop_boxes
+    with pytest.raises(ValueError, match='crop_boxes'):
+        model.loss(inputs, samples)
+
+
+def test_optional_dino_cls_term():
+    model = _build(cls_loss=dict(type='DINOClsLoss', loss_weight=1.0))
+    inputs, samples = _batch()
+    losses = model.loss(inputs, samples)
+    assert set(losses) == FULL_KEYS | {'loss_cls'}
+    assert torch.isfinite(losses['loss_cls']) and losses['loss_cls'] > 0
+    # the demo / paper configs keep it off (weight 0): absent from the log
+    assert 'loss_cls' not in _build().loss(inputs, samples)
+
+
+def _mixed_batch(groups=2, seed=0):
+    """[coco_anchor, coco_neighbour, in_anchor, in_neighbour] per group, as the neighbour collate
+    of the mixed dataset builds it."""
+    inputs, samples = _batch(B=4 * groups, seed=seed)
+    for i, ds in enumerate(samples):
+        ds.set_field('coco' if i % 4 < 2 else 'imagenet', 'source', field_type='metainfo')
+        ds.set_field(i + 1 if i % 2 == 0 else i - 1, 'neighbor_index')
+    return inputs, samples
+
+
+def _perturb(inputs, positions, seed):
+    g = torch.Generator().manual_seed(seed)
+    out = [x.clone() for x in inputs]
+    for x in out:
+        x[positions] += torch.randn(x[positions].shape, generator=g)
+    return out
+
+
+def test_sources_route_samples_to_their_terms(monkeypatch):
+    model = _build(proto_loss=None, patch_queue=None, cls_queue=None, cluster_start_iter=0)
+    inputs, samples = _mixed_batch()
+    coco, imnet = [0, 1, 4, 5], [2, 3, 6, 7]
+
+    def run(x):
+        torch.manual_seed(0)  # the random items of loss_cotap
+        return {k: v.item() for k, v in model.loss(x, samples).items()}
+
+    base = run(inputs)
+    assert set(base) == FULL_KEYS - {'loss_proto_entropy'}
+    new_in = run(_perturb(inputs, imnet, 1))
+    new_coco = run(_perturb(inputs, coco, 2))
+    for key in ('loss_cotap', 'loss_patch_cluster'):
+        assert new_in[key] == pytest.approx(base[key], rel=1e-6, abs=1e-7), key
+        assert new_coco[key] != pytest.approx(base[key], rel=1e-4), key
+    for key in ('loss_cls_cluster', 'loss_cls_neighbor'):
+        assert new_coco[key] == pytest.approx(base[key], rel=1e-6, abs=1e-7), key
+        assert new_in[key] != pytest.approx(base[key], rel=1e-4), key
+
+    # a sub-batch without samples gives 0 for its terms (and a warning, once)
+    for ds in samples:
+        ds.set_field('coco', 'source', field_type='metainfo')
+    logs = []
+    monkeypatch.setattr(cotap_module, 'print_log', lambda msg, **kw: logs.append(msg))
+    only_coco = model.loss(inputs, samples)
+    model.loss(inputs, samples)
+    assert len(logs) == 1 and "cls_sources=('coco',)" in logs[0]
+    assert only_coco['loss_cls_cluster'].item() == 0.0
+    assert only_coco['loss_cls_neighbor'].item() == 0.0
+    assert only_coco['loss_patch_cluster'].item() > 0
+
+
+def test_neighbor_index_is_remapped_to_the_sub_batch():
+    model = _build()
+    _, samples = _mixed_batch()
+    emb = torch.randn(4, 8)
+    imnet = torch.tensor([2, 3, 6, 7])
+    assert model._partners(emb, samples, imnet).tolist() == [1, 0, 3, 2]
+    assert model._partners(torch.randn(8, 8), samples).tolist() == [1, 0, 3, 2, 5, 4, 7, 6]
+    # without neighbor_index: retrieval inside the sub-batch
+    for ds in samples:
+        del ds.neighbor_index
+    emb = torch.tensor([[1., 0.], [0., 1.], [0.9, 0.1], [0.1, 0.9]])
+    assert model._partners(emb, samples, imnet).tolist() == [2, 3, 0, 1]
+    # neighbor_index -1 (no partner, neighbor_collate on plain items): retrieval for those only
+    for i, ds in enumerate(samples):
+        ds.set_field([1, 0, -1, -1][i % 4] + 4 * (i // 4) if i % 4 < 2 else -1, 'neighbor_index')
+    assert model._partners(emb, samples, imnet).tolist() == [2, 3, 0, 1]
+    samples[2].set_field(7, 'neighbor_index')  # 2 <-> 7 given, 3 and 6 retrieved
+    samples[7].set_field(2, 'neighbor_index')
+    assert model._partners(emb, samples, imnet).tolist() == [3, 3, 0, 0]
+    samples[2].set_field(-2, 'neighbor_index')
+    with pytest.raises(ValueError, match='-1 \\(no partner\\)'):
+        model._partners(emb, samples, imnet)
+    # a partner of another source is an error that names the field
+    inputs, samples = _mixed_batch()
+    samples[0].set_field(2, 'neighbor_index')
+    with pytest.raises(ValueError, match='neighbor_index.*outside the sub-batch'):
+        model.loss(inputs, samples)
+    # partial source fields
+    inputs, samples = _mixed_batch()
+    del samples[3].source
+    with pytest.raises(ValueError, match='source'):
+        model.loss(inputs, samples)
+
+
+def test_queues_survive_a_state_dict_resume():
+    model = _build()
+    inputs, samples = _batch()
+    for _ in range(2):
+        model.loss(inputs, samples)
+    n_patch, n_cls = len(model.patch_queue), len(model.cls_queue)
+    assert n_patch > 0 and n_cls == 16
+    fresh = _build()
+    assert len(fresh.patch_queue) == 0
+    fresh.load_state_dict(model.state_dict())
+    assert int(fresh.loss_iter) == 2
+    torch.testing.assert_close(fresh.patch_queue.ordered(), model.patch_queue.ordered())
+    torch.testing.assert_close(fresh.cls_queue.ordered(), model.cls_queue.ordered())
+    torch.manual_seed(0)
+    a = model.loss(inputs, samples)
+    torch.manual_seed(0)
+    b = fresh.loss(inputs, samples)
+    for key in FULL_KEYS:
+        assert a[key].item() == pytest.approx(b[key].item(), rel=1e-5), key
+    torch.testing.assert_close(fresh.patch_queue.ordered(), model.patch_queue.ordered())
+    assert len(model.cls_queue) == n_cls + 8
 
 
 def test_prototype_bank_init_and_entropy():
@@ -114,9 +280,18 @@ def test_prototype_bank_init_and_entropy():
 
 
 def test_disabled_terms_and_partner_field():
-    model = _build(cls_loss=None, proto_loss=dict(type='PrototypeEntropyLoss', loss_weight=0.))
+    model = _build(cls_loss=None, proto_loss=dict(type='PrototypeEntropyLoss', loss_weight=0.),
+                   patch_cluster_loss=dict(type='PatchClusterLoss', loss_weight=0.),
+                   cls_cluster_loss=None,
+                   cls_neighbor_loss=dict(type='ClsNeighborLoss', loss_weight=None))
     inputs, samples = _batch()
     assert set(model.loss(inputs, samples)) == {'loss_cotap'}
+    assert model.patch_queue is None and model.cls_queue is None
+    assert not any('queue' in n for n in model._ddp_params_and_buffers_to_ignore)
+    # one term off, the others on
+    partial = _build(cls_neighbor_loss=dict(type='ClsNeighborLoss', loss_weight=0.))
+    assert set(partial.loss(inputs, samples)) == FULL_KEYS - {'loss_cls_neighbor'}
+    assert partial.cls_queue is not None  # still used by loss_cls_cluster
     for i, ds in enumerate(samples):
         ds.set_field((i + 1) % len(samples), 'neighbor_index')
     assert torch.isfinite(model.loss(inputs, samples)['loss_cotap'])
@@ -144,7 +319,7 @@ def test_extract_feat():
 
 
 def test_cotap_loss_decreases_on_fixed_batch():
-    model = _build(cls_loss=None, proto_loss=None)
+    model = _build(cls_loss=None, proto_loss=None, **NO_NEW_TERMS)
     inputs, samples = _batch(L=0, seed=1, noise=0.5)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.Adam(params, lr=1e-3)
@@ -176,11 +351,42 @@ def test_tiny_config_trains_with_tools_train(tmp_path):
     rows = [r for r in rows if 'loss' in r]
     assert len(rows) == 4
     for r in rows:
-        for key in ('loss', 'loss_cotap', 'loss_cls', 'loss_proto_entropy'):
+        for key in ('loss', ) + tuple(FULL_KEYS):
             assert math.isfinite(r[key]), (key, r)
+        assert 'loss_cls' not in r
     ckpt = torch.load(str(tmp_path / 'iter_4.pth'), map_location='cpu', weights_only=False)
     sd = ckpt['state_dict']
     assert bool(sd['teacher_initialized']) and bool(sd['neck.prototypes_initialized'])
     # the EMA hook moved the teacher away from the (initial) student copy but not onto it
     assert not torch.equal(sd['teacher.backbone.layers.0.attn.qkv.weight'],
                            sd['backbone.layers.0.attn.qkv.weight'])
+
+
+def test_runner_resume_keeps_queues_and_iteration(tmp_path):
+    spec = importlib.util.spec_from_file_location('cotap_tools_train',
+                                                  osp.join(REPO, 'tools/train.py'))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    opts = ['default_hooks.logger.interval=1', 'train_dataloader.batch_size=4',
+            'model.bank_size=16', 'model.bank_samples_per_step=8',
+            'default_hooks.checkpoint.interval=1']
+    mod.main([TINY, '--work-dir', str(tmp_path), '--cfg-options', 'train_cfg.max_iters=2'] + opts)
+    mod.main([TINY, '--work-dir', str(tmp_path), '--cfg-options', 'train_cfg.max_iters=3'] + opts
+             + ['--resume'])
+    sd2 = torch.load(str(tmp_path / 'iter_2.pth'), map_location='cpu', weights_only=False)
+    sd3 = torch.load(str(tmp_path / 'iter_3.pth'), map_location='cpu', weights_only=False)
+    sd2, sd3 = sd2['state_dict'], sd3['state_dict']
+    assert int(sd2['loss_iter']) == 2 and int(sd3['loss_iter']) == 3
+    for name, per_step in (('patch_queue', None), ('cls_queue', 2 * 4)):
+        n2, n3 = int(sd2[f'{name}.count']), int(sd3[f'{name}.count'])
+        assert 0 < n2 < n3 <= sd3[f'{name}.queue'].shape[0], name
+        if per_step is not None:
+            assert n3 == n2 + per_step
+        # the resumed run appended to the saved queue (no wrap yet): same first n2 entries
+        torch.testing.assert_close(sd3[f'{name}.queue'][:n2], sd2[f'{name}.queue'][:n2])
+        assert int(sd3[f'{name}.ptr']) == n3
+    scalars = sorted(glob.glob(str(tmp_path / '*' / 'vis_data' / 'scalars.json')))
+    rows = [json.loads(line) for line in open(scalars[-1])]
+    rows = [r for r in rows if 'loss' in r]
+    assert [r['iter'] for r in rows] == [3]
+    assert all(rows[0][k] > 0 for k in CLUSTER_KEYS)

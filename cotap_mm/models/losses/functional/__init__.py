@@ -1,9 +1,12 @@
 """Pure loss functions (no registry, no modules)."""
+from .cluster_prediction import cross_view_code_loss, neighbor_code_loss, soft_cross_entropy
 from .continuous_ap import (CONTINUOUS_AP_IMPLS, anchor_weights, check_cotap_inputs,
                             continuous_ap_loss, continuous_ap_loss_chunked,
                             continuous_ap_loss_dense, huber_step, huber_step_grad)
+from .sinkhorn import sinkhorn_knopp
 
 __all__ = [
+    'cross_view_code_loss', 'neighbor_code_loss', 'soft_cross_entropy', 'sinkhorn_knopp',
     'CONTINUOUS_AP_IMPLS', 'anchor_weights', 'check_cotap_inputs', 'continuous_ap_loss',
     'continuous_ap_loss_chunked', 'continuous_ap_loss_dense', 'huber_step', 'huber_step_grad'
 ]

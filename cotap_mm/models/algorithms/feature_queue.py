@@ -1,0 +1,121 @@
+"""FIFO queue of past feature vectors for the Sinkhorn clustering terms (SwAV / Leopart / CoTAP).
+
+CoTAP (`arXiv 2509.09429 <https://arxiv.org/abs/2509.09429>`_, METHOD_cotap §4) runs Sinkhorn on
+the current teacher vectors together with a queue of past ones: 262,144 foreground patch vectors
+(at most 2,048 added per GPU and step) for the patch term and 32,768 CLS vectors (at most 100 per
+GPU and step) for the CLS terms, both *split across GPUs* (each process keeps
+``size / world_size``), as in SwAV's ``queue_length // world_size``.
+"""
+import math
+from typing import Optional
+
+import torch
+import torch.nn as nn
+from mmengine.dist import get_world_size
+
+__all__ = ['FeatureQueue']
+
+
+class FeatureQueue(nn.Module):
+    """Fixed-size FIFO of D-dim vectors held in buffers (saved in checkpoints, resumable).
+
+    Buffers: ``queue`` [capacity, D] float32, ``ptr`` (next write position) and ``count``
+    (number of valid entries, <= capacity). :meth:`enqueue` writes at most ``max_per_step`` rows
+    (a random subset when more are given; a uniform subset of the step's vectors, our choice for
+    "<= 2,048 added per GPU-step"), overwriting the oldest entries once full.
+    :meth:`features` returns the valid entries (what Sinkhorn adds to the current vectors);
+    :meth:`ordered` the same, oldest first.
+
+    Every process fills its own queue, so the owner must exclude these buffers from DDP's buffer
+    broadcast (``CoTAP._ddp_params_and_buffers_to_ignore``); checkpoints hold rank 0's queue,
+    which every rank loads on resume. Loading a queue of another capacity (e.g. resuming on
+    another number of GPUs) keeps its newest ``min(count, capacity)`` entries.
+
+    Args:
+        size (int): total size over all processes (official 262,144 patch / 32,768 CLS vectors).
+        dim (int): D, the vector width.
+        max_per_step (int): most vectors added per call. Defaults to 2048.
+        split_across_ranks (bool): capacity ``ceil(size / world_size)`` per process (SwAV,
+            CoTAP) instead of ``size``. The world size is read when the module is built (after
+            MMEngine's runner set up the process group). Defaults to True.
+    """
+
+    def __init__(self, size: int, dim: int, max_per_step: int = 2048,
+                 split_across_ranks: bool = True) -> None:
+        super().__init__()
+        for name, val in (('size', size), ('dim', dim), ('max_per_step', max_per_step)):
+            if isinstance(val, bool) or not isinstance(val, int) or val < 1:
+                raise ValueError(f'FeatureQueue {name} must be a positive int, got {val!r}')
+        self.size = size
+        self.dim = dim
+        self.max_per_step = max_per_step
+        self.split_across_ranks = bool(split_across_ranks)
+        world = get_world_size() if self.split_across_ranks else 1
+        self.capacity = max(1, math.ceil(size / max(world, 1)))
+        self.register_buffer('queue', torch.zeros(self.capacity, dim))
+        self.register_buffer('ptr', torch.tensor(0, dtype=torch.long))
+        self.register_buffer('count', torch.tensor(0, dtype=torch.long))
+
+    def __len__(self) -> int:
+        return int(self.count.item())
+
+    def features(self) -> torch.Tensor:
+        """The valid entries [count, D] (storage order)."""
+        return self.queue[:int(self.count.item())]
+
+    def ordered(self) -> torch.Tensor:
+        """The valid entries [count, D], oldest first."""
+        n = int(self.count.item())
+        if n < self.capacity:
+            return self.queue[:n]
+        return torch.roll(self.queue, -int(self.ptr.item()), dims=0)
+
+    @torch.no_grad()
+    def enqueue(self, x: torch.Tensor, generator: Optional[torch.Generator] = None) -> int:
+        """Add (at most ``max_per_step`` of) the rows of ``x`` [n, D]; returns how many.
+
+        Rows are kept in their given order; when more than ``max_per_step`` are given a random
+        subset (``torch.randperm``, ``generator`` if given) is kept, in increasing row order.
+        """
+        if x.dim() != 2 or x.shape[1] != self.dim:
+            raise ValueError(f'FeatureQueue.enqueue expects [n, {self.dim}], got '
+                             f'{tuple(x.shape)}')
+        x = x.detach()
+        n = min(x.shape[0], self.max_per_step, self.capacity)
+        if n == 0:
+            return 0
+        if n < x.shape[0]:
+            keep = torch.randperm(x.shape[0], generator=generator)[:n].sort().values
+            x = x[keep.to(x.device)]
+        ptr = int(self.ptr.item())
+        idx = (torch.arange(n, device=self.queue.device) + ptr) % self.capacity
+        self.queue[idx] = x.to(self.queue.device, self.queue.dtype)
+        self.ptr.fill_((ptr + n) % self.capacity)
+        self.count.fill_(min(int(self.count.item()) + n, self.capacity))
+        return n
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
+                              unexpected_keys, error_msgs) -> None:
+        key = prefix + 'queue'
+        q = state_dict.get(key)
+        if (isinstance(q, torch.Tensor) and q.dim() == 2 and q.shape[1] == self.dim
+                and q.shape[0] != self.capacity and prefix + 'ptr' in state_dict
+                and prefix + 'count' in state_dict):
+            # another capacity (another world size): keep the newest entries, oldest first
+            cap, ptr = q.shape[0], int(state_dict[prefix + 'ptr'])
+            cnt = int(state_dict[prefix + 'count'])
+            ordered = q[:cnt] if cnt < cap else torch.roll(q, -ptr, dims=0)
+            keep = ordered[-self.capacity:] if ordered.shape[0] > 0 else ordered
+            new_q = torch.zeros_like(self.queue)
+            new_q[:keep.shape[0]] = keep.to(new_q.dtype)
+            state_dict = dict(state_dict)
+            state_dict[key] = new_q
+            state_dict[prefix + 'count'] = torch.tensor(keep.shape[0], dtype=torch.long)
+            state_dict[prefix + 'ptr'] = torch.tensor(keep.shape[0] % self.capacity,
+                                                      dtype=torch.long)
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
+                                      unexpected_keys, error_msgs)
+
+    def extra_repr(self) -> str:
+        return (f'size={self.size}, capacity={self.capacity}, dim={self.dim}, '
+                f'max_per_step={self.max_per_step}')
