@@ -13,3 +13,18 @@ for path in (REPO_ROOT, TESTS_DIR):  # `cotap_test_helpers` lives in tests/
 @pytest.fixture(scope='session')
 def repo_root() -> str:
     return REPO_ROOT
+
+
+@pytest.fixture(autouse=True)
+def _isolate_default_scope():
+    """Restore MMEngine's DefaultScope instances after each test.
+
+    A runner built in-process (mmseg / mmdet / mmpretrain configs) leaves its scope current, and
+    mmengine then looks every later ``REGISTRY.build`` up in that toolbox's registry; tests must not
+    depend on the order they run in.
+    """
+    from mmengine.registry import DefaultScope
+    saved = DefaultScope._instance_dict.copy()
+    yield
+    DefaultScope._instance_dict.clear()
+    DefaultScope._instance_dict.update(saved)
