@@ -32,15 +32,22 @@ def test_config_parses_and_loads_our_checkpoint(path):
     assert cfg.default_scope == 'mmseg'  # built on mmseg's _base_/default_runtime.py
     assert 'cotap_mm' in cfg.custom_imports['imports']
     bb = cfg.model.backbone
-    assert bb.type == 'mmpretrain.CoTAPViT' and bb.out_type == 'featmap'
-    assert bb.init_cfg == dict(type='Pretrained', checkpoint=bb.init_cfg.checkpoint, prefix='backbone.')
+    name = osp.basename(path)
+    filtered = name.startswith('linear_cotap-filtered-')
+    if filtered:  # paper protocol: ViT + object-aware filter, 2C-dim features
+        assert bb.type == 'mmpretrain.CoTAPFilteredViT' and bb.frozen
+        assert bb.init_cfg == dict(type='Pretrained', checkpoint=bb.init_cfg.checkpoint, prefix='')
+    else:
+        assert bb.type == 'mmpretrain.CoTAPViT' and bb.out_type == 'featmap'
+        assert bb.init_cfg == dict(type='Pretrained', checkpoint=bb.init_cfg.checkpoint,
+                                   prefix='backbone.')
     assert bb.patch_size == (8 if 'vit-b8' in path else 16)
-    C = EMBED[bb.arch]
+    C = EMBED[bb.arch] * (2 if filtered else 1)
     assert bb.arch == ('dino-s' if 'vit-s16' in path else 'dino-b')
     head = cfg.model.decode_head
-    name = osp.basename(path)
     if name.startswith('linear_'):
-        assert bb.frozen_stages == 12 and bb.final_norm and bb.out_indices == -1
+        if not filtered:
+            assert bb.frozen_stages == 12 and bb.final_norm and bb.out_indices == -1
         assert head.type == 'FCNHead' and head.num_convs == 0 and head.kernel_size == 1
         assert not head.concat_input and head.dropout_ratio == 0 and head.in_channels == C == head.channels
         assert cfg.optim_wrapper.optimizer.type == 'Adam' and cfg.param_scheduler == []

@@ -166,3 +166,66 @@ def test_cli_errors_and_unsafe_checkpoint(tmp_path, cotap_model):
     final = tool.main([str(src), str(tmp_path / 'o.pth'), '--trust-checkpoint'])
     out = torch.load(final, weights_only=True)  # the published file itself is safe
     assert torch.equal(out['state_dict']['backbone.cls_token'], cotap_model.teacher['backbone'].cls_token)
+
+
+# ----------------------------------------------------------------------------- --with-neck
+def _filtered_ready(model):
+    """Copy of the fixture model with k-means-initialised prototypes in both branches."""
+    import copy
+    m = copy.deepcopy(model)
+    m.neck.prototypes_initialized.fill_(True)
+    m.teacher['neck'].prototypes_initialized.fill_(True)
+    return m
+
+
+@pytest.mark.parametrize('branch', ['teacher', 'student'])
+def test_with_neck_publishes_the_filter_of_the_branch(tmp_path, cotap_model, branch):
+    from cotap_mm.models.backbones import CoTAPFilteredViT
+    model = _filtered_ready(cotap_model)
+    src = tmp_path / 'epoch_3.pth'
+    write_training_checkpoint(model, src)
+    if branch == 'teacher':  # the default branch, through the command line
+        proc = run_cli(src, tmp_path / 'filtered.pth', '--with-neck')
+        assert proc.returncode == 0, proc.stderr
+        final = proc.stdout.strip().splitlines()[-1]
+    else:  # in-process (saves a subprocess start)
+        final = load_tool().main([str(src), str(tmp_path / 'filtered.pth'), '--with-neck',
+                                  '--keep-prefix', 'backbone.'])
+    out = torch.load(final, weights_only=True)
+    mods = model.teacher if branch == 'teacher' else model.student
+    expected = {f'{part}.{k}': v for part in ('backbone', 'neck')
+                for k, v in mods[part].state_dict().items()}
+    assert set(out['state_dict']) == set(expected)
+    for k, v in expected.items():
+        assert torch.equal(out['state_dict'][k], v), k
+    pub = out['meta']['publish']
+    assert pub['neck_source_prefix'] == ('teacher.neck.' if branch == 'teacher' else 'neck.')
+    assert pub['num_neck_tensors'] == len(mods['neck'].state_dict())
+    assert out['meta']['arch']['embed_dims'] == 32  # inferred from the backbone tensors only
+    # the published file feeds the paper-protocol backbone with prefix='' and gives the branch's features
+    bb = CoTAPFilteredViT(arch=TINY, img_size=32, patch_size=8, num_prototypes=4,
+                          init_cfg=dict(type='Pretrained', checkpoint=final, prefix=''))
+    bb.init_weights()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        tokens, hw = mods['backbone'].forward_pre_last(x)
+        _, ref = mods['neck'](tokens, hw, mods['backbone'].last_block)
+        torch.testing.assert_close(bb(x)[0], ref.transpose(1, 2).reshape(2, 64, 4, 4), rtol=0,
+                                   atol=1e-6)
+
+
+def test_with_neck_errors_and_default_unchanged(cotap_model):
+    tool = load_tool()
+    sd = cotap_model.state_dict()
+    # default (no --with-neck): still backbone-only
+    assert all(k.startswith('backbone.') for k in tool.slim_checkpoint({'state_dict': sd})['state_dict'])
+    no_neck = {k: v for k, v in sd.items() if '.neck.' not in f'.{k}'}
+    with pytest.raises(ValueError, match=r"no tensors with prefix 'teacher\.neck\.'"):
+        tool.slim_checkpoint({'state_dict': no_neck}, with_neck=True)
+    with pytest.raises(ValueError, match=r"ending in 'backbone\.'.*'teacher\.'"):
+        tool.slim_checkpoint({'state_dict': sd}, keep_prefix='teacher.', with_neck=True)
+    assert tool.neck_prefix_for('teacher.backbone.') == 'teacher.neck.'
+    assert tool.neck_prefix_for('backbone.') == 'neck.'
+    half = tool.slim_checkpoint({'state_dict': sd}, with_neck=True, half=True)['state_dict']
+    assert half['neck.prototypes'].dtype == torch.float16
+    assert half['neck.prototypes_initialized'].dtype == torch.bool

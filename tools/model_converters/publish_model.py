@@ -10,11 +10,17 @@ message hub, heads, necks, the other branch and buffers, optionally casts to fp1
 It loads with ``torch.load(..., weights_only=True)`` and in mmseg / mmdet / mmpretrain configs with
 ``init_cfg=dict(type='Pretrained', checkpoint=OUT, prefix='backbone.')``.
 
+``--with-neck`` also keeps the same branch's object-aware filter (``teacher.neck.*`` for
+``teacher.backbone.*``, ``neck.*`` for ``backbone.*``) renamed to ``neck.*``: the checkpoint the
+paper-protocol probes load (``type='mmpretrain.CoTAPFilteredViT'`` with
+``init_cfg=dict(type='Pretrained', checkpoint=OUT, prefix='')``).
+
 Usage::
 
     python tools/model_converters/publish_model.py work_dirs/cotap/epoch_10.pth cotap_vits16.pth
     python tools/model_converters/publish_model.py epoch_10.pth cotap_vits16_student.pth \
         --keep-prefix backbone. --half
+    python tools/model_converters/publish_model.py epoch_10.pth cotap_vits16_filtered.pth --with-neck
 
 Why the teacher by default: DINO, iBOT and DINOv2 release (and evaluate) their EMA teacher; the CoTAP
 paper does not say which branch it evaluates, so we follow its initialisations. Pass
@@ -67,8 +73,21 @@ def load_checkpoint(path: str, trust: bool = False) -> Any:
     return safe_torch_load(path, map_location='cpu')
 
 
+def neck_prefix_for(backbone_prefix: str) -> str:
+    """The filter prefix of the branch of ``backbone_prefix``: ``'teacher.backbone.'`` ->
+    ``'teacher.neck.'``, ``'backbone.'`` -> ``'neck.'``.
+
+    Raises:
+        ValueError: ``backbone_prefix`` does not end with ``'backbone.'``.
+    """
+    if not backbone_prefix.endswith('backbone.'):
+        raise ValueError(f"--with-neck needs a keep prefix ending in 'backbone.' (the neck of the same "
+                         f"branch is '<branch>neck.'), got {backbone_prefix!r}")
+    return backbone_prefix[:-len('backbone.')] + 'neck.'
+
+
 def slim_checkpoint(ckpt: Any, keep_prefix: Optional[str] = None, out_prefix: str = 'backbone.',
-                    half: bool = False) -> Dict[str, Any]:
+                    half: bool = False, with_neck: bool = False) -> Dict[str, Any]:
     """Loaded training checkpoint -> ``{'state_dict': backbone tensors, 'meta': plain dict}``.
 
     Args:
@@ -77,9 +96,12 @@ def slim_checkpoint(ckpt: Any, keep_prefix: Optional[str] = None, out_prefix: st
             (``teacher.backbone.``) if present, else ``backbone.``.
         out_prefix (str): prefix of the kept tensors in the output. Defaults to 'backbone.'.
         half (bool): cast floating-point tensors to fp16. Defaults to False.
+        with_neck (bool): also keep the branch's object-aware filter (:func:`neck_prefix_for`),
+            renamed to ``neck.*``. Defaults to False.
 
     Raises:
-        ValueError: not a checkpoint, or no tensor with the prefix (the prefixes seen are listed).
+        ValueError: not a checkpoint, or no tensor with the prefix (the prefixes seen are listed),
+            or ``with_neck`` and no filter tensors for the branch.
     """
     if not isinstance(ckpt, Mapping):
         raise ValueError(f'expected a checkpoint dict, got {type(ckpt).__name__}')
@@ -98,6 +120,16 @@ def slim_checkpoint(ckpt: Any, keep_prefix: Optional[str] = None, out_prefix: st
         print('WARNING: teacher_initialized is False in this checkpoint: the teacher was never '
               'initialised by EMATeacherHook.', file=sys.stderr)
     tensors = extract_prefixed(state_dict, chosen, out_prefix)
+    num_backbone = len(tensors)
+    neck_prefix = None
+    if with_neck:
+        neck_prefix = neck_prefix_for(chosen)
+        neck = extract_prefixed(state_dict, neck_prefix, 'neck.')
+        clash = sorted(set(neck) & set(tensors))
+        if clash:
+            raise ValueError(f'--with-neck: the output prefix {out_prefix!r} collides with neck.* '
+                             f'({clash[:5]})')
+        tensors.update(neck)
     if half:
         tensors = OrderedDict((k, v.half() if v.is_floating_point() else v) for k, v in tensors.items())
     tensors = OrderedDict((k, v.detach().clone().contiguous()) for k, v in tensors.items())
@@ -110,8 +142,11 @@ def slim_checkpoint(ckpt: Any, keep_prefix: Optional[str] = None, out_prefix: st
         dtype='float16' if half else 'as saved',
         num_tensors=len(tensors),
     )
+    if with_neck:
+        meta['publish'].update(neck_source_prefix=neck_prefix, neck_key_prefix='neck.',
+                               num_neck_tensors=len(tensors) - num_backbone)
     if out_prefix + 'patch_embed.projection.weight' in tensors and out_prefix + 'pos_embed' in tensors:
-        plain = {k[len(out_prefix):]: v for k, v in tensors.items()}
+        plain = {k[len(out_prefix):]: v for k, v in list(tensors.items())[:num_backbone]}
         meta['arch'] = infer_vit_arch(plain)
     return dict(state_dict=tensors, meta=meta)
 
@@ -132,6 +167,9 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser.add_argument('--out-prefix', default='backbone.',
                         help="prefix of the published keys (default 'backbone.')")
     parser.add_argument('--half', action='store_true', help='cast floating-point tensors to fp16')
+    parser.add_argument('--with-neck', action='store_true',
+                        help="also keep the same branch's object-aware filter ('teacher.neck.' / "
+                        "'neck.') as neck.* (for the CoTAPFilteredViT probes)")
     parser.add_argument('--trust-checkpoint', action='store_true',
                         help='load IN_FILE with full unpickling (only for files you trust)')
     return parser.parse_args(argv)
@@ -140,7 +178,8 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
 def main(argv: Optional[List[str]] = None) -> str:
     args = parse_args(argv)
     ckpt = load_checkpoint(args.in_file, trust=args.trust_checkpoint)
-    out = slim_checkpoint(ckpt, keep_prefix=args.keep_prefix, out_prefix=args.out_prefix, half=args.half)
+    out = slim_checkpoint(ckpt, keep_prefix=args.keep_prefix, out_prefix=args.out_prefix, half=args.half,
+                          with_neck=args.with_neck)
     out['meta']['publish']['source'] = osp.basename(args.in_file)
     out_dir = osp.dirname(osp.abspath(args.out_file))
     os.makedirs(out_dir, exist_ok=True)
