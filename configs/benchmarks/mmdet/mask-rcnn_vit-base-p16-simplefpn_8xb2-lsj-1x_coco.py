@@ -3,7 +3,7 @@
 # 8 GPUs x 2 images. All choices are explained in _base_/mask-rcnn_vit-simplefpn_lsj-1x_coco.py.
 _base_ = './_base_/mask-rcnn_vit-simplefpn_lsj-1x_coco.py'
 
-pretrained = 'work_dirs/cotap_vit-base-p16_8xb16-210k_coco/iter_210000.pth'
+pretrained = 'work_dirs/cotap_vit-base-p16-dino_8xb16-210k_coco-in1k/iter_210000.pth'
 model = dict(
     backbone=dict(
         # DINO ViT-B/16 ('dino-b')

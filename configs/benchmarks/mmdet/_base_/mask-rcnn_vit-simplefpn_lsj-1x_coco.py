@@ -45,7 +45,7 @@ custom_imports = dict(imports=['cotap_mm'], allow_failed_imports=False)
 # The pre-trained checkpoint: a cotap_mm training checkpoint (CoTAP: the student, keys `backbone.*`;
 # use prefix='teacher.backbone.' for the EMA teacher) or tools/model_converters/vit2cotap.py output.
 # tools/benchmarks/mmdet/train.sh overrides it (model.backbone.init_cfg.checkpoint=PRETRAIN).
-pretrained = 'work_dirs/cotap_vit-small-p16_4xb28-240k_coco/iter_240000.pth'
+pretrained = 'work_dirs/cotap_vit-small-p16-dino_4xb28-240k_coco-in1k/iter_240000.pth'
 image_size = (1024, 1024)
 vit_num_layers = 12
 layer_decay_rate = 0.7
