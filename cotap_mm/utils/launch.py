@@ -4,11 +4,13 @@ mmengine 0.10.7's ``init_dist('pytorch')`` always calls ``torch.cuda.set_device`
 CPU-only machine, and its default DDP wrapper passes ``device_ids=[LOCAL_RANK]``. With CUDA present
 nothing here changes anything (nccl, one GPU per process, as mmengine does it).
 """
+import logging
 import os
 
 import torch
 import torch.distributed as torch_dist
 from mmengine.config import Config
+from mmengine.logging import print_log
 
 CPU_BACKEND = 'gloo'
 
@@ -28,6 +30,7 @@ def adapt_cfg_for_launcher(cfg: Config, launcher: str) -> Config:
     """
     if launcher not in ('none', 'pytorch', 'slurm', 'mpi'):
         raise ValueError(f'--launcher must be one of none/pytorch/slurm/mpi, got {launcher!r}')
+    amp_to_fp32_on_cpu(cfg)
     if launcher == 'none' or torch.cuda.is_available():
         return cfg
     if launcher != 'pytorch':
@@ -47,6 +50,25 @@ def adapt_cfg_for_launcher(cfg: Config, launcher: str) -> Config:
         wrapper.setdefault('find_unused_parameters', cfg.find_unused_parameters)
     cfg.model_wrapper_cfg = wrapper
     init_cpu_process_group(dist_cfg)
+    return cfg
+
+
+def amp_to_fp32_on_cpu(cfg: Config) -> Config:
+    """Without CUDA, run an ``AmpOptimWrapper`` config (the paper configs: fp16 on GPU) in fp32.
+
+    mmengine's ``AmpOptimWrapper`` refuses to build without an accelerator; the paper configs keep
+    fp16 for GPUs and a CPU run (a smoke test, a debug run) gets a plain ``OptimWrapper`` with the
+    same optimizer, clipping and accumulation, and a warning saying so. Returns ``cfg``.
+    """
+    ow = cfg.get('optim_wrapper')
+    if torch.cuda.is_available() or not ow or ow.get('type') != 'AmpOptimWrapper':
+        return cfg
+    dropped = [k for k in ('loss_scale', 'dtype', 'use_fsdp') if k in ow]
+    for k in dropped:
+        ow.pop(k)
+    ow['type'] = 'OptimWrapper'
+    print_log('No CUDA: optim_wrapper AmpOptimWrapper -> OptimWrapper (fp32)'
+              + (f', dropped {dropped}' if dropped else ''), logger='current', level=logging.WARNING)
     return cfg
 
 
