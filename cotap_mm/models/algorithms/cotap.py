@@ -5,7 +5,8 @@ https://arxiv.org/abs/2509.09429 (official code: github.com/KID-7391/CoTAP).
 """
 import copy
 import logging
-from typing import Dict, List, Optional, Sequence, Tuple, Union
+from functools import partial
+from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
@@ -17,14 +18,18 @@ from mmpretrain.registry import MODELS
 from mmpretrain.structures import DataSample
 
 from ..backbones.cotap_vit import foreground_mask
+from ..losses.functional.cluster_prediction import soft_cross_entropy
 from ..losses.functional.sinkhorn import sinkhorn_knopp
 from ..necks.prototype_ops import pool_bank_samples
+from .ddssl_ops import (DecouplingBatch, DecouplingBranch, DepositioningBatch,
+                        DepositioningBranch, box_pool_tokens, forward_pre_last_with_edits,
+                        masks_from_data_samples)
 from .feature_queue import FeatureQueue
 from .pair_selection import (build_similarity_items, gather_tokens, negative_partners,
                              pool_views, random_derangements, retrieve_partners,
                              topk_foreground_indices)
 
-__all__ = ['CoTAP']
+__all__ = ['CoTAP', 'kept_code_cross_entropy', 'region_code_targets']
 
 _STUDENT_KEYS = ('backbone', 'neck', 'patch_head', 'cls_head')
 _LOSS_KEYS = ('cotap_loss', 'cls_loss', 'proto_loss', 'patch_cluster_loss', 'cls_cluster_loss',
@@ -47,6 +52,72 @@ def _head_embed(head: nn.Module, x: torch.Tensor) -> Tuple[torch.Tensor, torch.T
                         f'`last_layer_weight()`, got {type(head).__name__}')
     z = F.normalize(head.mlp(x).float(), dim=-1)
     return z, head.last_layer_weight().float()
+
+
+def kept_code_cross_entropy(student_scores: torch.Tensor, codes: torch.Tensor,
+                            weights: torch.Tensor, temperature: float = 0.1) -> torch.Tensor:
+    """Patch-cluster cross-entropy of student scores against teacher codes on weighted tokens.
+
+    ``mean over tokens t with weights[t] and codes[t] != 0 of
+    -sum_k codes[t, k] log softmax(student_scores[t] / T)_k`` (:func:`soft_cross_entropy`);
+    codes that are all zero (teacher background cells, regions without enough foreground) do
+    not count. 0, still in the graph, when no token counts.
+
+    Args:
+        student_scores (Tensor): [..., K] student patch-head scores.
+        codes (Tensor): [..., K] teacher codes (rows sum to 1 or are all zero; detached here).
+        weights (Tensor): [...] bool or float, e.g. the kept tokens of the de-coupling rows.
+        temperature (float): student temperature. Defaults to 0.1.
+
+    Returns:
+        Tensor: float32 scalar.
+    """
+    if tuple(weights.shape) != tuple(student_scores.shape[:-1]):
+        raise ValueError(f'weights must be {tuple(student_scores.shape[:-1])} (scores without '
+                         f'the class dim), got {tuple(weights.shape)}')
+    valid = weights.detach().float() * (codes.detach().float().sum(dim=-1) > 1e-6).float()
+    return soft_cross_entropy(student_scores, codes, temperature, valid)
+
+
+def region_code_targets(codes: torch.Tensor, fg: torch.Tensor, hw: Sequence[int],
+                        boxes: torch.Tensor, fg_threshold: float = 0.5) -> torch.Tensor:
+    """Code target of a box region, as :class:`PatchClusterLoss` pools a cell.
+
+    The codes and the foreground mask are box-pooled (:func:`box_pool_tokens`); the pooled codes
+    are renormalised to sum 1 (with zero background codes: the mean code of the region's
+    foreground patches); regions whose foreground fraction is below ``fg_threshold`` (or
+    without code mass) get an all-zero target, i.e. no loss (:func:`kept_code_cross_entropy`).
+
+    Args:
+        codes (Tensor): [R, N, K] per-patch codes (zero on background), N = h * w.
+        fg (Tensor): [R, N] bool or float foreground mask.
+        hw (Sequence[int]): the patch grid (h, w).
+        boxes (Tensor): [R, 4] ``(x1, y1, x2, y2)`` in patch units.
+        fg_threshold (float): minimal foreground fraction. Defaults to 0.5.
+
+    Returns:
+        Tensor: [R, K] float32 targets (rows sum to 1 or are zero).
+    """
+    if fg.shape != codes.shape[:2]:
+        raise ValueError(f'fg must be [R, N] = {tuple(codes.shape[:2])}, got {tuple(fg.shape)}')
+    pooled = box_pool_tokens(torch.cat([codes.float(), fg.float()[..., None]], dim=-1), hw,
+                             boxes)
+    target, frac = pooled[:, :-1], pooled[:, -1]
+    mass = target.sum(dim=-1, keepdim=True)
+    keep = (frac >= fg_threshold) & (mass[:, 0] > 1e-6)
+    return target / mass.clamp_min(1e-12) * keep[:, None].float()
+
+
+class _DDSSLRows(NamedTuple):
+    """Student rows of the de-coupling / de-positioning options (patch sub-batch coordinates).
+
+    dc: the :class:`DecouplingBatch` built on the patch sub-batch (None: no de-coupling rows).
+    dc_patch: [G, E, N, 2C] filter outputs of the de-coupling rows (None without rows).
+    depos: (view g, :class:`DepositioningBatch`, [K, N, 2C] filter outputs) per view.
+    """
+    dc: Optional[DecouplingBatch]
+    dc_patch: Optional[torch.Tensor]
+    depos: List[Tuple[int, DepositioningBatch, torch.Tensor]]
 
 
 @MODELS.register_module()
@@ -145,6 +216,43 @@ class CoTAP(BaseSelfSupervisor):
     A term is disabled by passing ``None`` for its loss or a loss with ``loss_weight`` 0 (or
     None for the new terms); the queue of a disabled clustering term is not built.
 
+    **De-coupling / de-positioning** (optional, off by default; `arXiv 2303.16947
+    <https://arxiv.org/abs/2303.16947>`_ and its ICLR-2024 successor "Mind Your Augmentation",
+    METHOD_ddssl_scfs A.8; components in :mod:`~cotap_mm.models.algorithms.ddssl_ops`). Extra
+    student rows are built from the *patch sub-batch only* (``patch_sources``; images and donors)
+    and run through backbone + filter in the same batch as the G global crops; they are sliced
+    off right after the filter, so the prototype bank, the CLS terms and ``loss_cotap`` /
+    clustering terms see exactly the normal rows (the extra rows do not change their values: the
+    ViT and the filter act on every row independently; only with ``drop_path_rate > 0``, 0 in
+    the CoTAP configs, the random draws of the normal rows differ).
+
+    * ``loss_dc`` (``decoupling=dict(prob, loss_weight)``, :class:`DecouplingBranch`): duplicates
+      of ``prob * bp`` patch images per global crop whose RCC region (``data_sample.<rcc_key>``
+      [>= G, h, w], :class:`RegionCollaborativeCutout`), or its complement, holds another patch
+      image's (detached) tokens after the patch embedding; the dense loss on the tokens that
+      kept their own content only, times ``loss_weight`` (0.3); no CLS / CoTAP term for them.
+    * ``loss_depos`` (``depositioning=dict(...)``, :class:`DepositioningBranch`): a region of a
+      patch image pasted (rescaled, new position) onto another patch image; the student's
+      region output at the new place vs the teacher's of the region in the clean view.
+
+    The dense loss (``dense_loss``): the paper applies the method's *own* dense loss to the kept
+    tokens. CoTAP's own per-position dense target is the patch-cluster code, so by default
+    (``dense_loss=None``) both terms reuse the Sinkhorn codes that ``loss_patch_cluster``
+    computes for this step (teacher, clean view, foreground patches; no extra Sinkhorn, no extra
+    queue entry): ``loss_dc`` = :func:`kept_code_cross_entropy` of the student patch-head scores
+    of a de-coupling row against the codes of its source image's clean view at the same
+    positions, on kept foreground tokens (background codes are zero), student temperature of
+    ``patch_cluster_loss``; ``loss_depos`` = the same with the student scores box-pooled at the
+    destination and :func:`region_code_targets` of the source box (``patch_cluster_loss``'s
+    ``fg_threshold``); our choices, the papers give no recipe for CoTAP. This needs
+    ``patch_cluster_loss`` and, like it, gives 0 (in the graph) before ``cluster_start_iter``.
+    ``loss_cotap`` ranks similarities across images and has no per-token target, so it is not
+    reused. Option ``dense_loss=dict(type='IBOTPatchLoss')`` (the
+    patch-to-patch cross-entropy of the ``ddssl_ops`` author's proposal, ``out_dim`` = the patch
+    head's K; its centre is updated once per step with the teacher scores of the patch sub-batch)
+    compares teacher / student patch-head outputs directly (``loss_depos``: box-pooled filter
+    outputs through the heads).
+
     Args:
         backbone (dict): :class:`CoTAPViT` config.
         neck (dict): :class:`ObjectPrototypeNeck` config; ``embed_dims`` defaults to the
@@ -185,6 +293,17 @@ class CoTAP(BaseSelfSupervisor):
         bank_sources (Sequence[str], optional): sources feeding the prototype bank; None: the
             ``patch_sources``. Defaults to None. (METHOD_cotap §3 reads the official bank as
             filled from the CLS-branch, i.e. ImageNet, images.)
+        decoupling (dict, optional): :class:`DecouplingBranch` kwargs, e.g.
+            ``dict(prob=0.25, loss_weight=0.3)`` (the successor's recipe); None: off. Defaults
+            to None.
+        depositioning (dict, optional): :class:`DepositioningBranch` kwargs, e.g.
+            ``dict(prob=0.25, loss_weight=0.3)``; None: off. Defaults to None.
+        dense_loss (dict, optional): dense loss of ``loss_dc`` / ``loss_depos``; None: the
+            patch-cluster codes (see above); a config of a loss with ``cross_entropy(student,
+            teacher, weights)`` and ``step(teacher)`` such as ``dict(type='IBOTPatchLoss')``
+            (``out_dim`` defaults to ``patch_head.num_prototypes``). Defaults to None.
+        rcc_key (str): data-sample field of the RCC masks used by ``decoupling``. Defaults to
+            'rcc_mask'.
         data_preprocessor (dict, optional): Defaults to ``SelfSupDataPreprocessor``.
         init_cfg (dict, optional): Defaults to None.
     """
@@ -218,6 +337,10 @@ class CoTAP(BaseSelfSupervisor):
                  patch_sources: Sequence[str] = ('coco', ),
                  cls_sources: Sequence[str] = ('imagenet', ),
                  bank_sources: Optional[Sequence[str]] = None,
+                 decoupling: Optional[dict] = None,
+                 depositioning: Optional[dict] = None,
+                 dense_loss: Optional[dict] = None,
+                 rcc_key: str = 'rcc_mask',
                  data_preprocessor: Optional[Union[dict, nn.Module]] = None,
                  init_cfg: Optional[dict] = None) -> None:
         backbone = MODELS.build(backbone) if isinstance(backbone, dict) else backbone
@@ -281,6 +404,31 @@ class CoTAP(BaseSelfSupervisor):
                           ('cls_cluster_loss', cls_cluster_loss),
                           ('cls_neighbor_loss', cls_neighbor_loss)):
             setattr(self, name, MODELS.build(cfg) if isinstance(cfg, dict) else cfg)
+
+        # de-coupling / de-positioning (arXiv 2303.16947 + ICLR-24 successor): ddssl_ops
+        self.rcc_key = rcc_key
+        self.decoupling = DecouplingBranch(**decoupling) if decoupling else None
+        self.depositioning = DepositioningBranch(**depositioning) if depositioning else None
+        self.dense_loss = None
+        if self.decoupling is not None or self.depositioning is not None:
+            if dense_loss is None:
+                if not _loss_enabled(self.patch_cluster_loss):
+                    raise ValueError('decoupling / depositioning with dense_loss=None reuse the '
+                                     'codes of loss_patch_cluster, which is disabled: enable '
+                                     'patch_cluster_loss or set e.g. '
+                                     "dense_loss=dict(type='IBOTPatchLoss')")
+            else:
+                if isinstance(dense_loss, dict):
+                    dense_loss = dict(dense_loss)
+                    if dense_loss.get('type') in ('IBOTPatchLoss', 'mmpretrain.IBOTPatchLoss'):
+                        dense_loss.setdefault('out_dim', self.patch_head.num_prototypes)
+                    dense_loss = MODELS.build(dense_loss)
+                if not (callable(getattr(dense_loss, 'cross_entropy', None))
+                        and callable(getattr(dense_loss, 'step', None))):
+                    raise TypeError('dense_loss must provide cross_entropy(student, teacher, '
+                                    'weights) and step(teacher) (e.g. IBOTPatchLoss), got '
+                                    f'{type(dense_loss).__name__}')
+                self.dense_loss = dense_loss
 
         self.teacher = nn.ModuleDict({k: copy.deepcopy(getattr(self, k)) for k in _STUDENT_KEYS})
         self.teacher.requires_grad_(False)
@@ -545,8 +693,10 @@ class CoTAP(BaseSelfSupervisor):
             # before any forward: k-means changes the prototypes in place
             self._maybe_init_prototypes()
 
-        # ---- student: global crops, then local crops grouped by size
-        s_tokens, hw, s_cls_g, s_patch_g = self._encode(self.student, torch.cat(student_views[:G]))
+        # ---- student: global crops (+ de-coupling / de-positioning rows, sliced off), then
+        # local crops grouped by size
+        s_tokens, hw, s_cls_g, s_patch_g, ddssl = self._encode_student_globals(
+            student_views[:G], data_samples, p_idx)
         s_cls_views = [s_cls_g.reshape(G, B, -1)]  # [n, B, 2C] per group
         s_local_patch: List[Tuple[torch.Tensor, Tuple[int, int]]] = []  # [B, N_l, 2C] per crop
         if V > G and (use_cls or on['patch_cluster_loss']):
@@ -575,6 +725,7 @@ class CoTAP(BaseSelfSupervisor):
                 fg = foreground_mask(attn, hw, **self.fg_cfg)  # [G*B, h, w]
 
         # ---- patch terms
+        patch_codes = None  # [G, bp, K, h, w] teacher codes of loss_patch_cluster
         if use_patch:
             h, w = int(hw[0]), int(hw[1])
             s_scores = self.patch_head(self._split_batch(s_patch_g, G, B, p_idx))  # [G,bp,N,K]
@@ -595,9 +746,14 @@ class CoTAP(BaseSelfSupervisor):
                         s_scores.flatten(0, 1), t_scores.flatten(0, 1), fg_p.flatten(0, 1),
                         partner, (h, w), G, bp)
             if on['patch_cluster_loss']:
-                losses['loss_patch_cluster'] = self._patch_cluster_term(
+                losses['loss_patch_cluster'], patch_codes = self._patch_cluster_term(
                     s_scores, s_local_patch, t_z, t_w, fg_p, (h, w), student_views,
                     data_samples, p_idx, clustering, zero)
+
+        # ---- de-coupling / de-positioning terms (patch sub-batch)
+        if ddssl is not None:
+            losses.update(self._ddssl_terms(ddssl, t_patch, patch_codes, fg, hw, G, B, p_idx,
+                                            zero))
 
         # ---- CLS terms
         if use_cls:
@@ -654,13 +810,153 @@ class CoTAP(BaseSelfSupervisor):
         self.loss_iter.add_(1)
         return losses
 
+    # ------------------------------------------------------------------ de-coupling options
+    def _encode_student_globals(self, views: List[torch.Tensor], data_samples: List[DataSample],
+                                p_idx: Optional[torch.Tensor]
+                                ) -> Tuple[torch.Tensor, Tuple[int, int], torch.Tensor,
+                                           torch.Tensor, Optional[_DDSSLRows]]:
+        """:meth:`_encode` of the G global crops (view-major rows [G*B, ...]) and, with the
+        de-coupling / de-positioning options, of their extra rows.
+
+        The extra rows are built from the patch sub-batch ``p_idx`` only (images, donors, RCC
+        masks, boxes), appended after the G*B normal rows, run through the backbone (tokens
+        substituted after the embedding, :func:`forward_pre_last_with_edits`) and the filter
+        in the same batch, and returned separately as :class:`_DDSSLRows`.
+
+        Returns:
+            tuple: tokens entering the last block [G*B, 1+N, C], hw, CLS [G*B, 2C], patches
+            [G*B, N, 2C] (normal rows only) and the extra rows (None with both options off).
+        """
+        x = torch.cat(views)
+        if self.decoupling is None and self.depositioning is None:
+            return (*self._encode(self.student, x), None)
+        G, B, dev = len(views), views[0].shape[0], x.device
+        stride = self.backbone.patch_embed.projection.stride
+        h, w = views[0].shape[-2] // stride[0], views[0].shape[-1] // stride[1]
+        N = h * w
+        pos = torch.arange(B, device=dev) if p_idx is None else p_idx.to(dev)
+        sub = views if p_idx is None else [v[pos] for v in views]
+        samples = [data_samples[i] for i in pos.tolist()]
+        bp = len(samples)
+        rows, replace = [x], [torch.zeros(G * B, N, dtype=torch.bool, device=dev)]
+        donors = [torch.arange(G * B, device=dev)]
+        dc, E = None, 0
+        if self.decoupling is not None and bp >= 2:
+            masks = masks_from_data_samples(samples, self.rcc_key, G, (h, w), dev)  # [G, bp, N]
+            dc = self.decoupling.build(sub, masks)
+            E = dc.num_extra
+            if E:
+                n = G * bp
+                d = dc.donor_index[n:]  # rows g * bp + b of the sub-batch -> g * B + pos[b]
+                rows.append(dc.images[n:])
+                replace.append(dc.replace[n:])
+                donors.append(torch.div(d, bp, rounding_mode='floor') * B + pos[d % bp])
+        placed: List[Tuple[int, int, DepositioningBatch]] = []
+        off = G * (B + E)
+        if self.depositioning is not None and bp >= 2:
+            for g in range(G):
+                dp = self.depositioning.build(sub[g], (h, w), g, samples)
+                if dp is None:
+                    continue
+                K = dp.images.shape[0]
+                placed.append((g, off, dp))
+                rows.append(dp.images)
+                replace.append(torch.zeros(K, N, dtype=torch.bool, device=dev))
+                donors.append(torch.arange(off, off + K, device=dev))
+                off += K
+        tok, hw = forward_pre_last_with_edits(self.backbone, torch.cat(rows),
+                                              replace=torch.cat(replace),
+                                              donor_index=torch.cat(donors))
+        if tuple(hw) != (h, w):
+            raise ValueError(f'the global crops give a {tuple(hw)} patch grid, expected {(h, w)} '
+                             f'from the patch stride {tuple(stride)}')
+        cls, patches = self.neck(tok, hw, self.backbone.last_block)
+        n = G * B
+        dc_patch = patches[n:n + G * E].reshape(G, E, N, -1) if E else None
+        depos = [(g, dp, patches[o:o + dp.images.shape[0]]) for g, o, dp in placed]
+        extra = _DDSSLRows(dc if E else None, dc_patch, depos)
+        return tok[:n], hw, cls[:n], patches[:n], extra
+
+    def _ddssl_terms(self, rows: _DDSSLRows, t_patch: torch.Tensor,
+                     codes: Optional[torch.Tensor], fg: Optional[torch.Tensor],
+                     hw: Tuple[int, int], G: int, B: int, p_idx: Optional[torch.Tensor],
+                     zero: torch.Tensor) -> Dict[str, torch.Tensor]:
+        """``loss_dc`` / ``loss_depos`` (see the class docstring).
+
+        Args:
+            rows (_DDSSLRows): the extra student rows.
+            t_patch (Tensor): teacher filter outputs of the global crops [G*B, N, 2C].
+            codes (Tensor, optional): ``loss_patch_cluster``'s codes [G, bp, K, h, w].
+            fg (Tensor, optional): teacher foreground masks [G*B, h, w].
+            hw, G, B, p_idx, zero: grid, views, batch size, patch sub-batch, a graph zero.
+        """
+        N = int(hw[0]) * int(hw[1])
+        dc, dc_patch, depos = rows
+        s_dc = self.patch_head(dc_patch) if dc_patch is not None else None  # [G, E, N, K]
+        out: Dict[str, torch.Tensor] = {}
+        if self.dense_loss is None:  # CoTAP's own target: the patch-cluster codes
+            fn = partial(kept_code_cross_entropy,
+                         temperature=float(getattr(self.patch_cluster_loss, 'student_temp', 0.1)))
+            with torch.no_grad():
+                codes_t = None if codes is None else codes.permute(0, 1, 3, 4, 2).reshape(
+                    G, codes.shape[1], N, codes.shape[2])  # [G, bp, N, K]
+            if self.decoupling is not None:
+                if s_dc is None:
+                    out['loss_dc'] = zero
+                elif codes_t is None:
+                    out['loss_dc'] = zero + s_dc.sum() * 0.0
+                else:
+                    out['loss_dc'] = self.decoupling.loss(fn, s_dc, codes_t, dc) + zero
+            if self.depositioning is not None:
+                if not depos:
+                    out['loss_depos'] = zero
+                else:
+                    s_reg = torch.stack([box_pool_tokens(self.patch_head(p), hw, dp.dst_boxes)
+                                         for _, dp, p in depos])  # [G', K, K_proto]
+                    if codes_t is None:
+                        out['loss_depos'] = zero + s_reg.sum() * 0.0
+                    else:
+                        thr = float(getattr(self.patch_cluster_loss, 'fg_threshold', 0.5))
+                        with torch.no_grad():
+                            fg_p = self._split_batch(fg, G, B, p_idx).reshape(G, -1, N)
+                            t_reg = torch.stack([
+                                region_code_targets(codes_t[g, dp.source_index],
+                                                    fg_p[g, dp.source_index], hw, dp.src_boxes,
+                                                    thr) for g, dp, _ in depos])
+                        out['loss_depos'] = self.depositioning.loss(fn, s_reg, t_reg) + zero
+            return out
+
+        # dense_loss given (e.g. IBOTPatchLoss): teacher vs student patch-head outputs
+        with torch.no_grad():
+            t_patch_p = self._split_batch(t_patch, G, B, p_idx)  # [G, bp, N, 2C]
+            t_scores = self.teacher['patch_head'](t_patch_p)  # [G, bp, N, K]
+        if self.decoupling is not None:
+            out['loss_dc'] = zero if s_dc is None else (
+                self.decoupling.loss(self.dense_loss.cross_entropy, s_dc, t_scores, dc) + zero)
+        if self.depositioning is not None:
+            if not depos:
+                out['loss_depos'] = zero
+            else:
+                s_reg = torch.stack([box_pool_tokens(p, hw, dp.dst_boxes) for _, dp, p in depos])
+                with torch.no_grad():
+                    t_reg = torch.stack([box_pool_tokens(t_patch_p[g, dp.source_index], hw,
+                                                         dp.src_boxes) for g, dp, _ in depos])
+                    t_reg = self.teacher['patch_head'](t_reg)
+                out['loss_depos'] = self.depositioning.loss(
+                    self.dense_loss.cross_entropy, self.patch_head(s_reg), t_reg) + zero
+        if t_scores.numel():
+            self.dense_loss.step(t_scores)
+        return out
+
     def _patch_cluster_term(self, s_scores: torch.Tensor,
                             s_local_patch: List[Tuple[torch.Tensor, Tuple[int, int]]],
                             t_z: torch.Tensor, t_w: torch.Tensor, fg_p: torch.Tensor,
                             hw: Tuple[int, int],
                             student_views: List[torch.Tensor], data_samples: List[DataSample],
                             p_idx: Optional[torch.Tensor], clustering: bool,
-                            zero: torch.Tensor) -> torch.Tensor:
+                            zero: torch.Tensor) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """``loss_patch_cluster`` and the teacher codes [G, bp, K, h, w] (None before
+        ``cluster_start_iter``)."""
         G, bp, N, K = s_scores.shape
         h, w = hw
         V = len(student_views)
@@ -690,11 +986,12 @@ class CoTAP(BaseSelfSupervisor):
                 self.patch_queue.enqueue(current)
         dummy = zero + sum(m.sum() for m in s_maps) * 0.0
         if codes is None or bp == 0:
-            return dummy
+            return dummy, codes
         samples = data_samples if p_idx is None else [data_samples[i] for i in p_idx.tolist()]
         boxes, flips = self._crop_geometry(samples, V, dev)
         sizes = [tuple(v.shape[-2:]) for v in student_views]
-        return self.patch_cluster_loss(s_maps, codes, fg_p.float(), boxes, sizes, flips) + dummy
+        return (self.patch_cluster_loss(s_maps, codes, fg_p.float(), boxes, sizes, flips) + dummy,
+                codes)
 
     def _cotap_term(self, s_scores: torch.Tensor, t_scores: torch.Tensor, fg: torch.Tensor,
                     partner: torch.Tensor, hw: Tuple[int, int], G: int,
