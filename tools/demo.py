@@ -100,9 +100,15 @@ def train_stage(cfg_path: str, work_dir: str, iters: int, seed: int,
     return ckpt
 
 
-def build_extractor(cfg_path: str, ckpt: Optional[str]) -> Callable:
-    """Frozen patch-feature extractor of a model built from ``cfg_path`` (random if no ckpt)."""
+def build_extractor(cfg_path: str, ckpt: Optional[str],
+                    overrides: Optional[Dict[str, Any]] = None) -> Callable:
+    """Frozen patch-feature extractor of a model built from ``cfg_path`` (random if no ckpt).
+
+    ``overrides``: ``--cfg-options``-style keys merged into the config first.
+    """
     cfg = Config.fromfile(cfg_path)
+    if overrides:
+        cfg.merge_from_dict(overrides)
     init_default_scope('mmpretrain')
     from mmpretrain.registry import MODELS
     model = MODELS.build(cfg.model)

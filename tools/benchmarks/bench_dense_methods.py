@@ -5,7 +5,10 @@ that checkpoint, for the same number of extra iterations and the same data:
 
 - **control**: MoCo v3 continued (the fair control for a post-pretraining method);
 - **DenseCL**: mmpretrain's dense contrastive method on the ViT's patch-token map;
-- **CoTAP**.
+- **SCFS**: DINO + semantics-consistent feature search after blocks 2-4 (``SCFS``);
+- **iBOT + de-coupling**: the iBOT-style baseline with region collaborative cutout and the
+  de-coupling branch (``DDSSLiBOT``);
+- **CoTAP** (its full objective).
 
 Each is scored with the frozen linear segmentation probe (mIoU) and the over-dispersion metric on
 generated scenes with masks, beside random init and the starting checkpoint. Step time (mean of the
@@ -38,10 +41,17 @@ import torch  # noqa: E402
 from demo import COTAP_CFG, IMAGE_LEVEL_CFG, build_extractor, train_stage  # noqa: E402
 
 DENSECL_CFG = osp.join(REPO, 'configs/densecl/densecl_vit-tiny-p8_1xb16-300it_synthetic.py')
-METHODS = {  # name: (config, how the starting checkpoint is used)
-    'MoCo v3 (control)': (IMAGE_LEVEL_CFG, 'load_from'),
-    'DenseCL': (DENSECL_CFG, 'init_from'),
-    'CoTAP': (COTAP_CFG, 'init_from'),
+SCFS_CFG = osp.join(REPO, 'configs/scfs/scfs_vit-tiny-p8_1xb8-300it_synthetic.py')
+DDSSL_CFG = osp.join(REPO, 'configs/ddssl/ddssl-ibot_vit-tiny-p8_1xb8-300it_synthetic.py')
+# SCFS's CPU config has 3 blocks; here it gets the 4 blocks of the starting checkpoint, searched
+# after blocks 2-4 (the ViT counterpart of ResNet stages 2-4)
+SCFS_SAME_BACKBONE = {'model.backbone.arch.num_layers': 4, 'model.backbone.out_indices': (1, 2, 3)}
+METHODS = {  # name: (config, how the starting checkpoint is used, config overrides)
+    'MoCo v3 (control)': (IMAGE_LEVEL_CFG, 'load_from', {}),
+    'DenseCL': (DENSECL_CFG, 'init_from', {}),
+    'SCFS': (SCFS_CFG, 'init_from', SCFS_SAME_BACKBONE),
+    'iBOT + de-coupling': (DDSSL_CFG, 'init_from', {}),
+    'CoTAP': (COTAP_CFG, 'init_from', {}),
 }
 
 
@@ -57,15 +67,19 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     p.add_argument('--probe-lr', type=float, default=1e-2)
     p.add_argument('--probe-size', type=int, default=96, help='probe image size (pixels)')
     p.add_argument('--out', default=osp.join(REPO, 'docs/benchmarks.md'))
+    p.add_argument('--methods', nargs='+', default=None,
+                   help='first word of the methods to train (default: all): MoCo DenseCL SCFS '
+                   'iBOT CoTAP; the MoCo v3 control is always needed for the ratios')
     p.add_argument('--stage', default=None, help=argparse.SUPPRESS)  # internal: one training stage
     return p.parse_args(argv)
 
 
 def run_stage_subprocess(cfg: str, work_dir: str, iters: int, seed: int, mode: str,
-                         start: Optional[str]) -> Dict[str, Any]:
+                         start: Optional[str],
+                         overrides: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
     """Train one stage in a fresh process; returns its checkpoint, step time and peak memory."""
     spec = json.dumps(dict(cfg=cfg, work_dir=work_dir, iters=iters, seed=seed, mode=mode,
-                           start=start))
+                           start=start, overrides=overrides or {}))
     out = subprocess.run([sys.executable, osp.abspath(__file__), '--stage', spec],
                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     if out.returncode != 0:
@@ -86,10 +100,13 @@ def _stage_main(spec: Dict[str, Any]) -> None:
         return result
 
     Runner.train = train_and_measure
-    extra = dict(load_from=spec['start']) if spec['mode'] == 'load_from' and spec['start'] else None
+    extra = {k: tuple(v) if isinstance(v, list) else v
+             for k, v in spec.get('overrides', {}).items()}  # JSON turned tuples into lists
+    if spec['mode'] == 'load_from' and spec['start']:
+        extra['load_from'] = spec['start']
     init_from = spec['start'] if spec['mode'] == 'init_from' else None
     ckpt = train_stage(spec['cfg'], spec['work_dir'], spec['iters'], spec['seed'],
-                       init_from=init_from, extra=extra)
+                       init_from=init_from, extra=extra or None)
     if torch.cuda.is_available():
         peak_mb = torch.cuda.max_memory_allocated() / 2**20
     else:
@@ -117,10 +134,11 @@ def _reset_peak_rss() -> float:
 
 
 def evaluate(cfg: str, ckpt: Optional[str], data: Dict[str, Any],
-             args: argparse.Namespace, seed: int) -> Dict[str, float]:
+             args: argparse.Namespace, seed: int,
+             overrides: Optional[Dict[str, Any]] = None) -> Dict[str, float]:
     from cotap_mm.evaluation import dense_evaluation
     torch.manual_seed(seed)
-    res = dense_evaluation(build_extractor(cfg, ckpt), data['train'][:2],
+    res = dense_evaluation(build_extractor(cfg, ckpt, overrides), data['train'][:2],
                            data['val'][:2], 9, val_instances=data['val'][2],
                            epochs=args.probe_epochs, lr=args.probe_lr, seed=seed)
     return dict(mIoU=100 * res['mIoU'], dispersion=res['dispersion']['dispersion'],
@@ -158,11 +176,14 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
         add('random init', evaluate(IMAGE_LEVEL_CFG, None, data, args, seed))
         add(f'image-level start ({args.image_iters} it)',
             dict(evaluate(IMAGE_LEVEL_CFG, start['ckpt'], data, args, seed)))
-        for name, (cfg, mode) in METHODS.items():
+        for name, (cfg, mode, overrides) in METHODS.items():
+            if (args.methods and name.split()[0] not in args.methods
+                    and not name.startswith('MoCo')):
+                continue
             st = run_stage_subprocess(cfg, osp.join(sdir, name.split()[0].lower()),
-                                      args.extra_iters, seed, mode, start['ckpt'])
+                                      args.extra_iters, seed, mode, start['ckpt'], overrides)
             add(f'+ {args.extra_iters} it {name}',
-                dict(evaluate(cfg, st['ckpt'], data, args, seed),
+                dict(evaluate(cfg, st['ckpt'], data, args, seed, overrides),
                      step_time=st['step_time'], peak_mb=st['peak_mb']))
             print(f'[seed {seed}] {name}: {results[f"+ {args.extra_iters} it {name}"]}', flush=True)
 
