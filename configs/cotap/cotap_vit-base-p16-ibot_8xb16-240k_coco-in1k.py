@@ -1,6 +1,7 @@
 # CoTAP released run: iBOT ViT-B/16 post-pretrained on COCO train2017 + ImageNet-1k, 8 GPUs x 16, 240k
-# iterations (official schedule for iBOT / Mugs B/16; DINO B/16 has 210k); everything else as the DINO
-# ViT-B/16 config it inherits (and that one as the DINO ViT-S/16 config).
+# iterations (official schedule for iBOT / Mugs B/16; DINO B/16 has 210k): the iBOT ViT-S/16
+# config it inherits (240k iterations; everything else as the DINO ViT-S/16 config) at the sizes
+# of the DINO ViT-B/16 config (ViT-B/16 backbone, 16 anchors per GPU).
 # Start checkpoint: iBOT ViT-B/16 (bytedance/ibot, vitb_16) checkpoint_teacher.pth, converted with
 #   python tools/model_converters/vit2cotap.py ibot/vitb_16/checkpoint_teacher.pth \
 #       checkpoints/ibot_vitb16_cotap.pth --src-format ibot
@@ -14,15 +15,9 @@
 #       configs/cotap/cotap_vit-base-p16-dino_8xb16-210k_coco-in1k.py \
 #       --checkpoint checkpoints/dino_vitb16_cotap.pth --data-root data/imagenet --data-prefix train \
 #       -k 7 --out data/imagenet/knn/train_dino_vitb16_k7.npz --launcher pytorch
-_base_ = ['./cotap_vit-base-p16-dino_8xb16-210k_coco-in1k.py']
+_base_ = ['./cotap_vit-small-p16-ibot_4xb28-240k_coco-in1k.py']
 
 load_from = 'checkpoints/ibot_vitb16_cotap.pth'
-
-max_iters = 240000
-param_scheduler = [
-    dict(type='CosineAnnealingLR', T_max=max_iters, eta_min_ratio=0.1, by_epoch=False, begin=0,
-         end=max_iters),
-    dict(type='CosineAnnealingParamScheduler', param_name='weight_decay', T_max=max_iters,
-         eta_min_ratio=10.0, by_epoch=False, begin=0, end=max_iters),
-]
-train_cfg = dict(type='IterBasedTrainLoop', max_iters=max_iters)
+model = dict(backbone=dict(arch='dino-b'))
+train_dataloader = dict(batch_size=16)
+auto_scale_lr = dict(base_batch_size=128, enable=False)  # 8 GPUs x 16

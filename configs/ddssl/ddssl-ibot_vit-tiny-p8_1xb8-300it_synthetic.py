@@ -3,6 +3,7 @@
 # 256 outputs, de-coupling on 25 % extra samples per view (weight 0.3), 300 iterations.
 _base_ = [
     '../_base_/models/ddssl_ibot_vit.py',
+    '../_base_/datasets/synthetic_scenes.py',
     '../_base_/default_runtime.py',
 ]
 
@@ -37,15 +38,7 @@ train_pipeline = [
          pred_ratio=(0.0, 0.4), pred_ratio_var=(0.0, 0.2)),
     dict(type='PackInputs', algorithm_keys=['rcc_mask']),
 ]
-train_dataloader = dict(
-    batch_size=8,
-    num_workers=0,
-    persistent_workers=False,
-    drop_last=True,
-    sampler=dict(type='InfiniteSampler', shuffle=True),
-    collate_fn=dict(type='default_collate'),
-    dataset=dict(type='SyntheticScenes', num_samples=512, split='train', seed=0, image_size=96,
-                 num_classes=8, pipeline=train_pipeline))
+train_dataloader = dict(dataset=dict(pipeline=train_pipeline))
 
 max_iters = 300
 optim_wrapper = dict(

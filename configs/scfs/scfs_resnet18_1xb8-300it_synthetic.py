@@ -4,10 +4,10 @@
 # scfs_resnet50_8xb32-200e_in1k.py.
 _base_ = [
     '../_base_/models/scfs_r50.py',
+    '../_base_/datasets/synthetic_multicrop.py',
     '../_base_/default_runtime.py',
 ]
 
-global_size, local_size = 64, 32
 max_iters = 300
 model = dict(
     backbone=dict(depth=18),
@@ -19,29 +19,6 @@ model = dict(
     search_loss=dict(warmup_iters=50),
     freeze_last_layer_iters=0,
 )
-
-student_pipeline = [
-    dict(type='HueSafeColorJitter', brightness=0.4, contrast=0.4, saturation=0.2, hue=0.1, prob=0.8),
-    dict(type='RandomGrayscale', prob=0.2, keep_channels=True, channel_weights=(0.114, 0.587, 0.299)),
-    dict(type='RandomGaussianBlur', sigma=(0.1, 1.0), kernel_size=3, prob=0.5),
-]
-train_pipeline = [
-    dict(type='GeometricMultiView',
-         num_global=2, global_size=global_size, global_scale=(0.25, 1.0),
-         num_local=4, local_size=local_size, local_scale=(0.05, 0.25),
-         flip_prob=0.5, min_overlap=None,
-         student_pipeline=student_pipeline, teacher_views='global'),
-    dict(type='PackGeometricViews'),
-]
-train_dataloader = dict(
-    batch_size=8,
-    num_workers=0,
-    persistent_workers=False,
-    drop_last=True,
-    sampler=dict(type='InfiniteSampler', shuffle=True),
-    collate_fn=dict(type='default_collate'),
-    dataset=dict(type='SyntheticScenes', num_samples=512, split='train', seed=0, image_size=96,
-                 num_classes=8, pipeline=train_pipeline))
 
 optim_wrapper = dict(
     type='OptimWrapper',

@@ -5,17 +5,17 @@
 # configs/_base_/models/scfs_vit.py.
 _base_ = [
     '../_base_/models/scfs_vit.py',
+    '../_base_/datasets/synthetic_multicrop.py',
     '../_base_/default_runtime.py',
 ]
 
 embed_dims = 96
-global_size, local_size = 64, 32
 max_iters = 300
 model = dict(
     backbone=dict(
         arch=dict(_delete_=True, embed_dims=embed_dims, num_layers=3, num_heads=3,
                   feedforward_channels=4 * embed_dims),
-        img_size=global_size, patch_size=8, drop_path_rate=0.0, out_indices=(0, 1, 2)),
+        img_size=_base_.global_size, patch_size=8, drop_path_rate=0.0, out_indices=(0, 1, 2)),
     stage_channels=(embed_dims, embed_dims, embed_dims),
     head=dict(in_channels=embed_dims, hidden_channels=256, bottleneck_channels=64,
               num_prototypes=256),
@@ -24,29 +24,6 @@ model = dict(
     stage_global_loss=dict(warmup_iters=50),
     search_loss=dict(warmup_iters=50),
 )
-
-student_pipeline = [
-    dict(type='HueSafeColorJitter', brightness=0.4, contrast=0.4, saturation=0.2, hue=0.1, prob=0.8),
-    dict(type='RandomGrayscale', prob=0.2, keep_channels=True, channel_weights=(0.114, 0.587, 0.299)),
-    dict(type='RandomGaussianBlur', sigma=(0.1, 1.0), kernel_size=3, prob=0.5),
-]
-train_pipeline = [
-    dict(type='GeometricMultiView',
-         num_global=2, global_size=global_size, global_scale=(0.25, 1.0),
-         num_local=4, local_size=local_size, local_scale=(0.05, 0.25),
-         flip_prob=0.5, min_overlap=None,
-         student_pipeline=student_pipeline, teacher_views='global'),
-    dict(type='PackGeometricViews'),
-]
-train_dataloader = dict(
-    batch_size=8,
-    num_workers=0,
-    persistent_workers=False,
-    drop_last=True,
-    sampler=dict(type='InfiniteSampler', shuffle=True),
-    collate_fn=dict(type='default_collate'),
-    dataset=dict(type='SyntheticScenes', num_samples=512, split='train', seed=0, image_size=96,
-                 num_classes=8, pipeline=train_pipeline))
 
 optim_wrapper = dict(
     type='OptimWrapper',

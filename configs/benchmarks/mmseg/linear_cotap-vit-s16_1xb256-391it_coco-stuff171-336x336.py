@@ -1,6 +1,7 @@
 # COCO-Stuff-164k (171 classes, mmseg's *_labelTrainIds.png) frozen linear probe of CoTAP ViT-S/16,
 # all train2017 / val2017 images; settings of the COCO-Stuff-27 probe (batch 256, lr 3e-3, 100k
-# samples) -- CoTAP's code has no 171-class protocol, so these are [inferred].
+# samples; that config inherits this one) -- CoTAP's code has no 171-class protocol, so these are
+# [inferred].
 _base_ = ['mmseg::_base_/datasets/coco-stuff164k.py', './_base_/linear-probe_cotap-vit-s16.py']
 
 train_pipeline = [
