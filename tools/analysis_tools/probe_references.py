@@ -1,0 +1,131 @@
+"""Reference points for the frozen linear probe on generated scenes: what can it reach at all?
+
+The dense benchmark and the demo score self-supervised models with a frozen linear probe on
+generated scenes (:mod:`cotap_mm.evaluation.dense_eval`). To read those numbers one needs the floor
+and the ceiling of the same probe on the same data, which this tool measures:
+
+- ``raw pixels``: the 8x8x3 pixels of each patch, normalised (a floor: colour and local layout);
+- ``texture statistics``: hand-made local statistics (mean, energy, gradient magnitudes pooled over
+  16 px windows), what a texture-aware feature without learning gets;
+- ``random ViT``: the demo's tiny ViT (embed 96, 4 layers, patch 8) at random init;
+- ``supervised ViT``: the same ViT trained for ``--iters`` steps with dense cross-entropy on
+  generated scenes with their masks (other seeds than the probe's data): the ceiling an SSL method
+  of this size could approach with labels.
+
+    python tools/analysis_tools/probe_references.py --iters 600
+"""
+import argparse
+import os.path as osp
+import sys
+import time
+from typing import List, Optional
+
+sys.path.insert(0, osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))))
+
+import torch  # noqa: E402
+import torch.nn as nn  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+from mmengine.logging import print_log  # noqa: E402
+
+import cotap_mm  # noqa: E402,F401
+from cotap_mm.evaluation import dense_evaluation, synthetic_probe_data  # noqa: E402
+from mmpretrain.registry import MODELS  # noqa: E402
+
+MEAN = (123.675, 116.28, 103.53)
+STD = (58.395, 57.12, 57.375)
+
+
+def normalise(x: torch.Tensor) -> torch.Tensor:
+    """0-255 RGB ``[B, 3, H, W]`` -> ImageNet-normalised float."""
+    m = torch.tensor(MEAN).view(1, 3, 1, 1)
+    s = torch.tensor(STD).view(1, 3, 1, 1)
+    return (x.float() - m) / s
+
+
+def raw_patch_features(x: torch.Tensor, patch: int = 8) -> torch.Tensor:
+    """``[B, 3*patch*patch, H/patch, W/patch]``: the normalised pixels of each patch."""
+    B, _, H, W = x.shape
+    return F.unfold(normalise(x), patch, stride=patch).reshape(B, -1, H // patch, W // patch)
+
+
+def texture_statistics(x: torch.Tensor, window: int = 16, stride: int = 8) -> torch.Tensor:
+    """Local mean, energy, |dx|, |dy| and dx*dy of each channel, averaged over ``window`` px."""
+    x = normalise(x)
+    gx = F.pad(x[..., :, 1:] - x[..., :, :-1], (0, 1))
+    gy = F.pad(x[..., 1:, :] - x[..., :-1, :], (0, 0, 0, 1))
+    f = torch.cat([x, x ** 2, gx.abs(), gy.abs(), gx * gy], 1)
+    return F.avg_pool2d(f, window, stride=stride, padding=(window - stride) // 2)
+
+
+def tiny_vit(image_size: int) -> nn.Module:
+    return MODELS.build(dict(type='CoTAPViT', arch=dict(embed_dims=96, num_layers=4, num_heads=3,
+                                                        feedforward_channels=384),
+                             img_size=image_size, patch_size=8, out_type='featmap'))
+
+
+def train_supervised(vit: nn.Module, num_classes: int, iters: int, image_size: int,
+                     num_images: int, seed: int) -> None:
+    """Dense cross-entropy (1x1 conv head, logits upsampled) on generated scenes with masks."""
+    imgs, masks, _ = synthetic_probe_data('train', num_images, seed + 7, image_size, num_classes - 1)
+    imgs = torch.from_numpy(imgs).permute(0, 3, 1, 2)
+    masks = torch.from_numpy(masks).long()
+    head = nn.Conv2d(96, num_classes, 1)
+    opt = torch.optim.AdamW(list(vit.parameters()) + list(head.parameters()), lr=5e-4,
+                            weight_decay=0.05)
+    g = torch.Generator().manual_seed(seed)
+    vit.train()
+    t0 = time.time()
+    for it in range(iters):
+        idx = torch.randint(0, len(imgs), (16, ), generator=g)
+        logits = F.interpolate(head(vit(normalise(imgs[idx]))[0]), size=masks.shape[-2:],
+                               mode='bilinear', align_corners=False)
+        loss = F.cross_entropy(logits, masks[idx], ignore_index=255)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        if it % 100 == 0 or it == iters - 1:
+            print_log(f'supervised [{it + 1}/{iters}] loss {loss.item():.4f} '
+                      f'({time.time() - t0:.0f} s)', logger='current')
+    vit.eval()
+
+
+def main(argv: Optional[List[str]] = None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument('--iters', type=int, default=600, help='supervised training steps')
+    p.add_argument('--train-images', type=int, default=2000, help='supervised training images')
+    p.add_argument('--probe-train', type=int, default=300)
+    p.add_argument('--probe-val', type=int, default=150)
+    p.add_argument('--probe-epochs', type=int, default=60)
+    p.add_argument('--probe-lr', type=float, default=1e-2)
+    p.add_argument('--image-size', type=int, default=96)
+    p.add_argument('--seed', type=int, default=0)
+    args = p.parse_args(argv)
+    k = 8
+    torch.manual_seed(args.seed)
+    train = synthetic_probe_data('train', args.probe_train, args.seed + 100, args.image_size, k)
+    val = synthetic_probe_data('val', args.probe_val, args.seed + 100, args.image_size, k)
+    vit = tiny_vit(args.image_size)
+    vit.eval()  # mmpretrain backbones' train() returns None: no chaining
+
+    def vit_features(x: torch.Tensor) -> torch.Tensor:
+        return vit(normalise(x))[0]
+
+    rows = {}
+    for name, fn in (('raw pixels', raw_patch_features), ('texture statistics', texture_statistics),
+                     ('random ViT', vit_features)):
+        rows[name] = dense_evaluation(fn, train[:2], val[:2], k + 1, val_instances=val[2],
+                                      epochs=args.probe_epochs, lr=args.probe_lr, seed=args.seed)
+    train_supervised(vit, k + 1, args.iters, args.image_size, args.train_images, args.seed)
+    rows[f'supervised ViT ({args.iters} it)'] = dense_evaluation(
+        vit_features, train[:2], val[:2], k + 1, val_instances=val[2], epochs=args.probe_epochs,
+        lr=args.probe_lr, seed=args.seed)
+    lines = ['| features | linear-probe mIoU (%) | pixel acc (%) | dispersion |', '|---|---|---|---|']
+    for name, r in rows.items():
+        lines.append(f"| {name} | {100 * r['mIoU']:.2f} | {100 * r['pixel_acc']:.2f} | "
+                     f"{r['dispersion']['dispersion']:.3f} |")
+    print('\n'.join(lines))
+    return rows
+
+
+if __name__ == '__main__':
+    main()
