@@ -442,6 +442,39 @@ def dense_linear_probe(backbone_fn: ExtractFn,
     return result
 
 
+def last_layer_output(backbone: nn.Module, x: torch.Tensor, vit_out_type: str = 'featmap') -> Any:
+    """The last output of ``backbone(x)``.
+
+    An mmpretrain ``VisionTransformer`` (or subclass) runs with ``out_type=vit_out_type`` and
+    ``out_indices=[last layer]`` (temporarily; the module's settings are restored even on error),
+    so the output is taken after the final norm if the backbone has ``final_norm=True``. Other
+    backbones run as they are. A tuple / list output gives its last element.
+
+    Args:
+        backbone (nn.Module): the backbone (mode and gradients are the caller's business).
+        x (Tensor): [B, 3, H, W] normalised images.
+        vit_out_type (str): mmpretrain ViT ``out_type`` ('featmap', 'cls_token',
+            'avg_featmap', 'raw'). Defaults to 'featmap'.
+
+    Returns:
+        The backbone output (a tensor for mmpretrain backbones).
+    """
+    from mmpretrain.models.backbones import VisionTransformer
+    if isinstance(backbone, VisionTransformer):
+        old = (backbone.out_type, list(backbone.out_indices))
+        backbone.out_type = vit_out_type
+        backbone.out_indices = [len(backbone.layers) - 1]
+        try:
+            out = backbone(x)
+        finally:
+            backbone.out_type, backbone.out_indices = old
+    else:
+        out = backbone(x)
+    if isinstance(out, (tuple, list)):
+        out = out[-1]
+    return out
+
+
 def build_patch_feature_extractor(model_or_backbone: nn.Module,
                                   mean: Optional[Sequence[float]] = IMAGENET_MEAN,
                                   std: Optional[Sequence[float]] = IMAGENET_STD
@@ -449,7 +482,7 @@ def build_patch_feature_extractor(model_or_backbone: nn.Module,
     """Frozen last-layer patch features ``[B, C, h, w]`` of an mmpretrain backbone.
 
     For an mmpretrain ``VisionTransformer`` (or subclass) the forward runs with ``out_type='featmap'``
-    and ``out_indices=[last layer]`` (temporarily; the module's settings are restored), i.e. the
+    and ``out_indices=[last layer]`` (temporarily, :func:`last_layer_output`), i.e. the
     patch tokens after the final norm if the backbone has ``final_norm=True``. Other backbones must
     return a 4-D tensor or a tuple/list whose last element is one. A model with a ``.backbone``
     attribute (a whole mmpretrain model) uses that backbone. Plug other features (e.g. CoTAP's 2C-dim
@@ -473,10 +506,6 @@ def build_patch_feature_extractor(model_or_backbone: nn.Module,
         backbone = model_or_backbone
     if (mean is None) != (std is None):
         raise ValueError('mean and std must both be given or both be None')
-    try:
-        from mmpretrain.models.backbones import VisionTransformer
-    except ImportError:  # pragma: no cover
-        VisionTransformer = ()  # type: ignore
 
     @torch.no_grad()
     def extract(images: torch.Tensor) -> torch.Tensor:
@@ -493,20 +522,9 @@ def build_patch_feature_extractor(model_or_backbone: nn.Module,
         was_training = backbone.training
         backbone.eval()
         try:
-            if isinstance(backbone, VisionTransformer):
-                old = (backbone.out_type, list(backbone.out_indices))
-                backbone.out_type = 'featmap'
-                backbone.out_indices = [len(backbone.layers) - 1]
-                try:
-                    out = backbone(x)
-                finally:
-                    backbone.out_type, backbone.out_indices = old
-            else:
-                out = backbone(x)
+            out = last_layer_output(backbone, x, 'featmap')
         finally:
             backbone.train(was_training)
-        if isinstance(out, (tuple, list)):
-            out = out[-1]
         if not isinstance(out, torch.Tensor) or out.ndim != 4:
             raise TypeError('the backbone must return [B, C, h, w] features (or a tuple ending '
                             'with them); wrap it in your own extract callable otherwise')

@@ -1,5 +1,4 @@
 """tools/misc/compute_neighbors.py on a tiny COCO-layout folder: 1 process, torchrun x 2 (gloo)."""
-import importlib.util
 import os
 import os.path as osp
 import shutil
@@ -13,6 +12,7 @@ from PIL import Image
 import cotap_mm  # noqa: F401
 from cotap_mm.datasets.neighbors import read_neighbors
 from cotap_test_helpers.tiny_runs import REPO_ROOT, free_port, run, run_env
+from cotap_test_helpers.tool_runs import load_tool
 from mmpretrain.registry import MODELS
 
 TOOL = osp.join(REPO_ROOT, 'tools', 'misc', 'compute_neighbors.py')
@@ -130,10 +130,7 @@ def test_torchrun_two_processes_equals_one(setup, single_run):
 
 
 def _load_tool():
-    spec = importlib.util.spec_from_file_location('_compute_neighbors_tool', TOOL)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_tool('tools/misc/compute_neighbors.py', '_compute_neighbors_tool')
 
 
 def test_without_checkpoint_in_process_and_errors(setup):

@@ -1,10 +1,8 @@
 """tools/model_converters/publish_model.py: slim backbone-only checkpoints from training checkpoints."""
 import hashlib
-import importlib.util
 import os
 import os.path as osp
-import subprocess
-import sys
+from functools import partial
 
 import pytest
 import torch
@@ -12,23 +10,16 @@ from mmengine.logging import HistoryBuffer
 
 from cotap_mm.models.backbones.cotap_vit import CoTAPViT
 from cotap_mm.utils.checkpoint import to_plain
+from cotap_test_helpers.tool_runs import load_tool as load_tool_file
+from cotap_test_helpers.tool_runs import run_tool_cli
 
 ROOT = osp.abspath(osp.join(osp.dirname(__file__), '..', '..'))
 TOOL = osp.join(ROOT, 'tools', 'model_converters', 'publish_model.py')
 TINY = dict(embed_dims=32, num_layers=2, num_heads=2, feedforward_channels=64)
 
 
-def load_tool():
-    spec = importlib.util.spec_from_file_location('publish_model', TOOL)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-def run_cli(*args):
-    env = dict(os.environ, OMP_NUM_THREADS='1')
-    return subprocess.run([sys.executable, TOOL, *map(str, args)], cwd=ROOT, env=env, timeout=120,
-                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+load_tool = partial(load_tool_file, 'tools/model_converters/publish_model.py', 'publish_model')
+run_cli = partial(run_tool_cli, TOOL)
 
 
 @pytest.fixture(scope='module')

@@ -1,14 +1,13 @@
 """tools/model_converters/cotap2timm.py: our backbone -> timm ViT -> back, checked on features."""
-import importlib.util
-import os
 import os.path as osp
-import subprocess
-import sys
+from functools import partial
 
 import pytest
 import torch
 
 from cotap_mm.models.backbones.cotap_vit import CoTAPViT
+from cotap_test_helpers.tool_runs import load_tool as load_tool_file
+from cotap_test_helpers.tool_runs import run_tool_cli
 
 timm = pytest.importorskip('timm')
 from timm.models.vision_transformer import VisionTransformer as TimmViT  # noqa: E402
@@ -18,11 +17,7 @@ TOOL = osp.join(ROOT, 'tools', 'model_converters', 'cotap2timm.py')
 TINY = dict(embed_dims=32, num_layers=2, num_heads=2, feedforward_channels=64)
 
 
-def load_tool():
-    spec = importlib.util.spec_from_file_location('cotap2timm', TOOL)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+load_tool = partial(load_tool_file, 'tools/model_converters/cotap2timm.py', 'cotap2timm')
 
 
 def tiny_ours(seed=0, **kwargs) -> CoTAPViT:
@@ -48,11 +43,9 @@ def test_cli_round_trip_through_timm(tmp_path):
     src = tmp_path / 'cotap_pub.pth'
     sd = ours.state_dict()
     torch.save({'state_dict': {'backbone.' + k: v for k, v in sd.items()}, 'meta': {}}, src)
-    env = dict(os.environ, OMP_NUM_THREADS='1')
 
     dst = tmp_path / 'timm.pth'
-    proc = subprocess.run([sys.executable, TOOL, str(src), str(dst)], cwd=ROOT, env=env, timeout=120,
-                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = run_tool_cli(TOOL, src, dst)
     assert proc.returncode == 0, proc.stderr
     timm_sd = torch.load(dst, weights_only=True)
     assert all(isinstance(v, torch.Tensor) for v in timm_sd.values())  # flat, like timm's files

@@ -1,11 +1,13 @@
 import argparse
-import importlib.util
 import os.path as osp
+from functools import partial
 
 import pytest
 import torch
 
 from cotap_mm.models.backbones.cotap_vit import CoTAPViT
+from cotap_test_helpers.tool_runs import load_tool as load_tool_file
+from cotap_test_helpers.tool_runs import run_tool_cli
 
 ROOT = osp.abspath(osp.join(osp.dirname(__file__), '..', '..'))
 TINY = dict(embed_dims=32, num_layers=2, num_heads=2, feedforward_channels=64)
@@ -15,12 +17,7 @@ class Foo:  # a pickled class that weights_only refuses
     pass
 
 
-def load_tool():
-    path = osp.join(ROOT, 'tools', 'model_converters', 'vit2cotap.py')
-    spec = importlib.util.spec_from_file_location('vit2cotap', path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+load_tool = partial(load_tool_file, 'tools/model_converters/vit2cotap.py', 'vit2cotap')
 
 
 def fake_dino_backbone(C=32, L=2, hidden=64, grid=4, patch=16):
@@ -121,9 +118,6 @@ def test_timm_format_refuses_teacher_student(tmp_path):
 
 def test_dinov2_checkpoint_cli_matches_timm(tmp_path):
     """DINOv2-layout checkpoint (patch 14, LayerScale, mask_token) through the CLI -> same features."""
-    import os
-    import subprocess
-    import sys
     timm_vit = pytest.importorskip('timm.models.vision_transformer')
     tm = timm_vit.VisionTransformer(img_size=56, patch_size=14, embed_dim=32, depth=2, num_heads=2,
                                     init_values=1e-5, num_classes=0)
@@ -135,11 +129,8 @@ def test_dinov2_checkpoint_cli_matches_timm(tmp_path):
     # DINOv2 hub file layout: flat, timm-like names + mask_token
     src, dst = tmp_path / 'dinov2_vits14_pretrain.pth', tmp_path / 'dinov2_cotap.pth'
     torch.save({**tm.state_dict(), 'mask_token': torch.zeros(1, 32)}, src)
-    proc = subprocess.run([sys.executable, osp.join(ROOT, 'tools', 'model_converters', 'vit2cotap.py'),
-                           str(src), str(dst), '--src-format', 'dinov2', '--num-heads', '2'], cwd=ROOT,
-                          timeout=120,
-                          env=dict(os.environ, OMP_NUM_THREADS='1'), stdout=subprocess.PIPE,
-                          stderr=subprocess.PIPE, text=True)
+    proc = run_tool_cli(osp.join(ROOT, 'tools', 'model_converters', 'vit2cotap.py'), src, dst,
+                        '--src-format', 'dinov2', '--num-heads', '2')
     assert proc.returncode == 0, proc.stderr
     assert 'CoTAPViT kwargs' in proc.stdout
     out = torch.load(dst, map_location='cpu', weights_only=True)

@@ -47,9 +47,9 @@ from torch.utils.data import DataLoader, Dataset  # noqa: E402
 import cotap_mm  # noqa: E402,F401  (registers modules, installs the safe checkpoint loader)
 from cotap_mm.datasets.coco_unlabeled import UnlabeledImageDataset  # noqa: E402
 from cotap_mm.datasets.neighbors import knn_cosine, relative_key, write_neighbors  # noqa: E402
+from cotap_mm.evaluation.linear_probe import last_layer_output  # noqa: E402
 from cotap_mm.utils import safe_torch_load, trust_checkpoint  # noqa: E402
 from cotap_mm.utils.launch import init_cpu_process_group  # noqa: E402
-from mmpretrain.models.backbones import VisionTransformer  # noqa: E402
 from mmpretrain.registry import MODELS  # noqa: E402
 
 IMAGENET_MEAN = (123.675, 116.28, 103.53)
@@ -154,18 +154,8 @@ def build_backbone(cfg: Config, checkpoint: Optional[str], prefix: str,
 def global_features(backbone: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
     """Global feature ``[B, C]``: a ViT's last-layer CLS token (after the final norm; the average
     patch token if it has no CLS token), else the average-pooled last output map."""
-    if isinstance(backbone, VisionTransformer):
-        old = (backbone.out_type, list(backbone.out_indices))
-        backbone.out_type = 'cls_token' if backbone.with_cls_token else 'avg_featmap'
-        backbone.out_indices = [len(backbone.layers) - 1]
-        try:
-            out = backbone(x)
-        finally:
-            backbone.out_type, backbone.out_indices = old
-    else:
-        out = backbone(x)
-    if isinstance(out, (tuple, list)):
-        out = out[-1]
+    vit_out_type = 'cls_token' if getattr(backbone, 'with_cls_token', False) else 'avg_featmap'
+    out = last_layer_output(backbone, x, vit_out_type)
     if out.ndim == 4:
         out = out.mean((2, 3))
     if out.ndim != 2:

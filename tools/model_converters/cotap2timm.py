@@ -31,16 +31,15 @@ try:
     from cotap_mm.models.backbones.vit_key_mapping import (convert_to_timm, default_backbone_prefix,
                                                            detect_key_format, extract_prefixed,
                                                            infer_vit_arch)
-    from cotap_mm.utils.checkpoint import (UnsafeCheckpointError, safe_torch_load,
-                                           trusted_checkpoint)
+    from cotap_mm.utils.checkpoint import UnsafeCheckpointError
 except ImportError:  # running from a source checkout without `pip install -e .`
     sys.path.insert(0, osp.abspath(osp.join(osp.dirname(__file__), '..', '..')))
     from cotap_mm.models.backbones.vit_key_mapping import (convert_to_timm, default_backbone_prefix,
                                                            detect_key_format, extract_prefixed,
                                                            infer_vit_arch)
-    from cotap_mm.utils.checkpoint import (UnsafeCheckpointError, safe_torch_load,
-                                           trusted_checkpoint)
+    from cotap_mm.utils.checkpoint import UnsafeCheckpointError
 sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
+from publish_model import load_checkpoint  # noqa: E402  (weights_only unless trusted)
 from vit2cotap import convert_checkpoint, load_source  # noqa: E402  (the timm -> cotap direction)
 
 _TIMM_SIZES = {192: 'tiny', 384: 'small', 768: 'base', 1024: 'large', 1536: 'giant'}
@@ -120,11 +119,7 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
         torch.save(out, args.dst)
         print(f"Saved {len(out['state_dict'])} tensors ({args.prefix}*) to {args.dst}")
         return out
-    if args.trust_checkpoint:
-        with trusted_checkpoint(args.src):
-            ckpt = safe_torch_load(args.src)
-    else:
-        ckpt = safe_torch_load(args.src)
+    ckpt = load_checkpoint(args.src, trust=args.trust_checkpoint)
     flat = select_backbone(ckpt, keep_prefix=args.keep_prefix)
     out = OrderedDict((k, v.detach().clone().contiguous()) for k, v in convert_to_timm(flat).items())
     torch.save(out, args.dst)

@@ -3,7 +3,6 @@
 Paper: Wen et al., "Semantic Concentration for Self-Supervised Dense Representations Learning",
 https://arxiv.org/abs/2509.09429 (official code: github.com/KID-7391/CoTAP).
 """
-import copy
 import logging
 from functools import partial
 from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple, Union
@@ -25,9 +24,12 @@ from .ddssl_ops import (DecouplingBatch, DecouplingBranch, DepositioningBatch,
                         DepositioningBranch, box_pool_tokens, forward_pre_last_with_edits,
                         masks_from_data_samples)
 from .feature_queue import FeatureQueue
+from .module_builder import build_module
 from .pair_selection import (build_similarity_items, gather_tokens, negative_partners,
                              pool_views, random_derangements, retrieve_partners,
                              topk_foreground_indices)
+from .teacher_student import TeacherStudentMixin
+from .view_layout import packed_view_counts, teacher_global_views
 
 __all__ = ['CoTAP', 'kept_code_cross_entropy', 'region_code_targets']
 
@@ -121,7 +123,7 @@ class _DDSSLRows(NamedTuple):
 
 
 @MODELS.register_module()
-class CoTAP(BaseSelfSupervisor):
+class CoTAP(TeacherStudentMixin, BaseSelfSupervisor):
     """CoTAP post-pretraining of a ViT (student / EMA teacher) with the paper's full objective.
 
     Paper: `Semantic Concentration for Self-Supervised Dense Representations Learning
@@ -351,16 +353,8 @@ class CoTAP(BaseSelfSupervisor):
         super().__init__(backbone=backbone, neck=neck, data_preprocessor=data_preprocessor,
                          init_cfg=init_cfg)
         out_ch = self.neck.out_channels
-        heads = []
-        for name, cfg in (('patch_head', patch_head), ('cls_head', cls_head)):
-            if isinstance(cfg, dict):
-                cfg = dict(cfg)
-                cfg.setdefault('in_channels', out_ch)
-                cfg = MODELS.build(cfg)
-            if not isinstance(cfg, nn.Module):
-                raise TypeError(f'{name} must be a config dict or an nn.Module, got {type(cfg)}')
-            heads.append(cfg)
-        self.patch_head, self.cls_head = heads
+        self.patch_head = build_module(patch_head, 'patch_head', in_channels=out_ch)
+        self.cls_head = build_module(cls_head, 'cls_head', in_channels=out_ch)
 
         if not isinstance(pool_scales, (list, tuple)) or not pool_scales or not all(
                 isinstance(s, int) and s >= 1 for s in pool_scales):
@@ -430,9 +424,7 @@ class CoTAP(BaseSelfSupervisor):
                                     f'{type(dense_loss).__name__}')
                 self.dense_loss = dense_loss
 
-        self.teacher = nn.ModuleDict({k: copy.deepcopy(getattr(self, k)) for k in _STUDENT_KEYS})
-        self.teacher.requires_grad_(False)
-        self.register_buffer('teacher_initialized', torch.tensor(False))
+        self._init_teacher(_STUDENT_KEYS)
         self.register_buffer('loss_iter', torch.tensor(0, dtype=torch.long))
 
         K = self.neck.kernel_size
@@ -482,19 +474,6 @@ class CoTAP(BaseSelfSupervisor):
             raise TypeError(f'{name} must be a DINOProjectionHead-like head (last_layer_weight) '
                             f'for the clustering terms, got {type(head).__name__}')
         return int(head.last_layer_weight().shape[1])
-
-    # ------------------------------------------------------------------ structure
-    @property
-    def student(self) -> nn.ModuleDict:
-        """Unregistered ``ModuleDict`` view of the student: backbone, neck, patch_head, cls_head."""
-        return nn.ModuleDict({k: getattr(self, k) for k in _STUDENT_KEYS})
-
-    def init_weights(self) -> None:
-        """Initialise the student (``init_cfg``), then copy it into the teacher."""
-        super().init_weights()
-        with torch.no_grad():
-            for k in _STUDENT_KEYS:
-                self.teacher[k].load_state_dict(getattr(self, k).state_dict())
 
     # ------------------------------------------------------------------ features
     @staticmethod
@@ -616,30 +595,11 @@ class CoTAP(BaseSelfSupervisor):
         x = x.reshape(n, B, *x.shape[1:])
         return x if index is None else x[:, index]
 
-    def _split_views(self, inputs: List[torch.Tensor], data_samples: List[DataSample]):
-        if not isinstance(inputs, (list, tuple)) or not data_samples:
-            raise TypeError('CoTAP.loss expects inputs as a list of view batches [B, 3, H, W] and '
-                            'a non-empty list of data samples (PackGeometricViews + '
-                            'default_collate)')
-        meta = data_samples[0].metainfo
-        for key in ('num_student_views', 'num_teacher_views', 'num_global_crops'):
-            if key not in meta:
-                raise ValueError(f'data_samples need metainfo {key!r} (PackGeometricViews)')
-        V, T, G = (int(meta['num_student_views']), int(meta['num_teacher_views']),
-                   int(meta['num_global_crops']))
-        if len(inputs) != V + T:
-            raise ValueError(f'inputs must hold V + T = {V} + {T} views, got {len(inputs)}')
-        if G < 1:
-            raise ValueError(f'CoTAP needs at least one global crop, got num_global_crops={G}')
-        if 'teacher_view_indices' in data_samples[0]:
-            t_ids = [int(i) for i in data_samples[0].teacher_view_indices.tolist()]
-        else:
-            t_ids = list(range(T))
-        pos = {c: i for i, c in enumerate(t_ids)}
-        if any(g not in pos for g in range(G)):
-            raise ValueError(f'teacher views {t_ids} must include the global crops 0..{G - 1}')
-        teacher_global = [inputs[V + pos[g]] for g in range(G)]
-        return inputs[:V], teacher_global, G
+    def _split_views(self, inputs: List[torch.Tensor], data_samples: List[DataSample]
+                     ) -> Tuple[List[torch.Tensor], List[torch.Tensor], int]:
+        """The V student views, the teacher's clean view of each global crop, and G."""
+        V, T, G = packed_view_counts(inputs, data_samples, 'CoTAP')
+        return inputs[:V], teacher_global_views(inputs, data_samples, V, T, G), G
 
     @staticmethod
     def _crop_geometry(samples: List[DataSample], V: int, device: torch.device

@@ -6,7 +6,6 @@ Decoupling Dense Self-Supervised Learning <https://openreview.net/forum?id=WQYHb
 code github.com/ztt1024/denseSSL, built on iBOT); iBOT: `Image BERT Pre-Training with Online
 Tokenizer <https://arxiv.org/abs/2111.07832>`_. Design notes: METHOD_ddssl_scfs.md A.8.
 """
-import copy
 from typing import Dict, List, Optional, Tuple, Union
 
 import torch
@@ -17,12 +16,14 @@ from mmpretrain.structures import DataSample
 
 from .ddssl_ops import (DecouplingBatch, DecouplingBranch, DepositioningBranch, box_pool_tokens,
                         encode_with_edits, masks_from_data_samples)
+from .module_builder import build_module
+from .teacher_student import TeacherStudentMixin
 
 __all__ = ['DDSSLiBOT']
 
 
 @MODELS.register_module()
-class DDSSLiBOT(BaseSelfSupervisor):
+class DDSSLiBOT(TeacherStudentMixin, BaseSelfSupervisor):
     """iBOT (masked patch self-distillation + [CLS] DINO loss) with the de-coupling branch.
 
     Paper: `Mind Your Augmentation <https://openreview.net/forum?id=WQYHbr36Fo>`_ (successor of
@@ -92,23 +93,11 @@ class DDSSLiBOT(BaseSelfSupervisor):
         super().__init__(backbone=backbone, data_preprocessor=data_preprocessor,
                          init_cfg=init_cfg)
         C = self.backbone.embed_dims
-        heads = {}
-        for name, cfg in (('cls_head', cls_head), ('patch_head', patch_head)):
-            if cfg is None:
-                continue
-            if isinstance(cfg, dict):
-                cfg = dict(cfg)
-                cfg.setdefault('in_channels', C)
-                cfg = MODELS.build(cfg)
-            if not isinstance(cfg, nn.Module):
-                raise TypeError(f'{name} must be a config dict or an nn.Module, got {type(cfg)}')
-            heads[name] = cfg
-        if 'cls_head' not in heads:
+        if cls_head is None:
             raise ValueError('DDSSLiBOT needs a cls_head')
-        self.cls_head = heads['cls_head']
-        self.patch_head = heads.get('patch_head')
-        self._student_keys: Tuple[str, ...] = ('backbone', 'cls_head') + (
-            ('patch_head', ) if self.patch_head is not None else ())
+        self.cls_head = build_module(cls_head, 'cls_head', in_channels=C)
+        self.patch_head = None if patch_head is None else build_module(
+            patch_head, 'patch_head', in_channels=C)
         if isinstance(num_global_crops, bool) or not isinstance(num_global_crops,
                                                                 int) or num_global_crops < 1:
             raise ValueError(f'num_global_crops must be a positive int, got {num_global_crops!r}')
@@ -129,18 +118,11 @@ class DDSSLiBOT(BaseSelfSupervisor):
         self.decoupling = DecouplingBranch(**decoupling) if decoupling else None
         self.depositioning = DepositioningBranch(**depositioning) if depositioning else None
 
-        self.teacher = nn.ModuleDict({k: copy.deepcopy(getattr(self, k))
-                                      for k in self._student_keys})
-        self.teacher.requires_grad_(False)
+        self._init_teacher(('backbone', 'cls_head') + (
+            ('patch_head', ) if self.patch_head is not None else ()))
         self.teacher.eval()
-        self.register_buffer('teacher_initialized', torch.tensor(False))
 
     # ------------------------------------------------------------------ structure
-    @property
-    def student(self) -> nn.ModuleDict:
-        """Unregistered ``ModuleDict`` view of the student modules (EMATeacherHook)."""
-        return nn.ModuleDict({k: getattr(self, k) for k in self._student_keys})
-
     @staticmethod
     def _patch_head_of(mods) -> nn.Module:
         get = (lambda k: mods[k] if k in mods else None) if isinstance(
@@ -152,13 +134,6 @@ class DDSSLiBOT(BaseSelfSupervisor):
         super().train(mode)
         self.teacher.eval()  # iBOT's teacher has no drop-path
         return self
-
-    def init_weights(self) -> None:
-        """Initialise the student (``init_cfg``), then copy it into the teacher."""
-        super().init_weights()
-        with torch.no_grad():
-            for k in self._student_keys:
-                self.teacher[k].load_state_dict(getattr(self, k).state_dict())
 
     def extract_feat(self, inputs: Union[torch.Tensor, List[torch.Tensor]]) -> torch.Tensor:
         """Student patch features (after the final norm).

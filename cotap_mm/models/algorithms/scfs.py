@@ -14,18 +14,14 @@ from mmpretrain.models.selfsup.base import BaseSelfSupervisor
 from mmpretrain.registry import MODELS
 from mmpretrain.structures import DataSample
 
+from .module_builder import build_module
 from .scfs_ops import SEARCH_WEIGHTINGS, feature_search
+from .teacher_student import TeacherStudentMixin
+from .view_layout import packed_view_counts, teacher_global_views
 
 __all__ = ['SCFS']
 
 _STUDENT_KEYS = ('backbone', 'head', 'stage_heads')
-
-
-def _build(cfg: Union[dict, nn.Module], what: str) -> nn.Module:
-    module = MODELS.build(cfg) if isinstance(cfg, dict) else cfg
-    if not isinstance(module, nn.Module):
-        raise TypeError(f'{what} must be a config dict or an nn.Module, got {type(cfg)}')
-    return module
 
 
 def _with_out_dim(cfg: Union[dict, nn.Module], out_dim: int) -> Union[dict, nn.Module]:
@@ -38,7 +34,7 @@ def _with_out_dim(cfg: Union[dict, nn.Module], out_dim: int) -> Union[dict, nn.M
 
 
 @MODELS.register_module()
-class SCFS(BaseSelfSupervisor):
+class SCFS(TeacherStudentMixin, BaseSelfSupervisor):
     """SCFS pretraining (student / EMA teacher) with a ResNet or a ViT backbone.
 
     Paper: `Semantics-Consistent Feature Search for Self-Supervised Visual Representation Learning
@@ -173,7 +169,7 @@ class SCFS(BaseSelfSupervisor):
         self.dino_feature = dino_feature
         self.teacher_input = teacher_input
 
-        self.head = _build(head, 'head')
+        self.head = build_module(head, 'head')
         if freeze_last_layer_iters and not all(
                 hasattr(self.head, a) for a in ('mlp', 'last_layer_weight')):
             raise ValueError('freeze_last_layer_iters > 0 needs a DINOProjectionHead-like head '
@@ -183,36 +179,22 @@ class SCFS(BaseSelfSupervisor):
             cfg = stage_head
             if isinstance(cfg, dict):
                 cfg = dict(cfg, in_channels=c)
-            stage_heads.append(_build(copy.deepcopy(cfg), 'stage_head'))
+            stage_heads.append(build_module(copy.deepcopy(cfg), 'stage_head'))
         self.stage_heads = nn.ModuleList(stage_heads)
 
         head_dim = int(getattr(self.head, 'num_prototypes', 0))
         stage_dim = int(getattr(self.stage_heads[0], 'out_channels', 0))
-        self.dino_loss = _build(_with_out_dim(dino_loss, head_dim), 'dino_loss')
+        self.dino_loss = build_module(_with_out_dim(dino_loss, head_dim), 'dino_loss')
         self.stage_global_losses = None if stage_global_loss is None else nn.ModuleList(
-            _build(_with_out_dim(copy.deepcopy(stage_global_loss), stage_dim), 'stage_global_loss')
+            build_module(_with_out_dim(copy.deepcopy(stage_global_loss), stage_dim),
+                         'stage_global_loss')
             for _ in self.stage_channels)
         self.search_losses = None if search_loss is None else nn.ModuleList(
-            _build(_with_out_dim(copy.deepcopy(search_loss), stage_dim), 'search_loss')
+            build_module(_with_out_dim(copy.deepcopy(search_loss), stage_dim), 'search_loss')
             for _ in self.stage_channels)
 
-        self.teacher = nn.ModuleDict({k: copy.deepcopy(getattr(self, k)) for k in _STUDENT_KEYS})
-        self.teacher.requires_grad_(False)
-        self.register_buffer('teacher_initialized', torch.tensor(False))
+        self._init_teacher(_STUDENT_KEYS)
         self.register_buffer('num_iters', torch.tensor(0, dtype=torch.long))
-
-    # ------------------------------------------------------------------ structure
-    @property
-    def student(self) -> nn.ModuleDict:
-        """Unregistered ``ModuleDict`` view of the student: backbone, head, stage_heads."""
-        return nn.ModuleDict({k: getattr(self, k) for k in _STUDENT_KEYS})
-
-    def init_weights(self) -> None:
-        """Initialise the student (``init_cfg``), then copy it into the teacher."""
-        super().init_weights()
-        with torch.no_grad():
-            for k in _STUDENT_KEYS:
-                self.teacher[k].load_state_dict(getattr(self, k).state_dict())
 
     # ------------------------------------------------------------------ features
     def _features(self, backbone: nn.Module,
@@ -271,20 +253,8 @@ class SCFS(BaseSelfSupervisor):
     # ------------------------------------------------------------------ inputs
     def _split_views(self, inputs: List[torch.Tensor], data_samples: List[DataSample]
                      ) -> Tuple[List[torch.Tensor], List[torch.Tensor], List[torch.Tensor]]:
-        if not isinstance(inputs, (list, tuple)) or not data_samples:
-            raise TypeError('SCFS.loss expects inputs as a list of view batches [B, 3, H, W] and '
-                            'a non-empty list of data samples (PackGeometricViews + '
-                            'default_collate)')
-        meta = data_samples[0].metainfo
-        for key in ('num_student_views', 'num_teacher_views', 'num_global_crops'):
-            if key not in meta:
-                raise ValueError(f'data_samples need metainfo {key!r} (PackGeometricViews)')
-        V, T, G = (int(meta['num_student_views']), int(meta['num_teacher_views']),
-                   int(meta['num_global_crops']))
-        if len(inputs) != V + T:
-            raise ValueError(f'inputs must hold V + T = {V} + {T} views, got {len(inputs)}')
-        if G < 2:
-            raise ValueError(f'SCFS needs at least 2 global crops, got num_global_crops={G}')
+        """Global student views, local student views and the teacher's global views."""
+        V, T, G = packed_view_counts(inputs, data_samples, 'SCFS', min_global=2)
         if V - G < 1:
             raise ValueError(f'SCFS needs at least one local crop for the feature search, got '
                              f'{V} student views of which {G} global')
@@ -293,14 +263,7 @@ class SCFS(BaseSelfSupervisor):
         global_views, local_views = list(inputs[:G]), list(inputs[G:V])
         if self.teacher_input == 'student':
             return global_views, local_views, global_views
-        if 'teacher_view_indices' in data_samples[0]:
-            t_ids = [int(i) for i in data_samples[0].teacher_view_indices.tolist()]
-        else:
-            t_ids = list(range(T))
-        pos = {c: i for i, c in enumerate(t_ids)}
-        if any(g not in pos for g in range(G)):
-            raise ValueError(f'teacher views {t_ids} must include the global crops 0..{G - 1}')
-        return global_views, local_views, [inputs[V + pos[g]] for g in range(G)]
+        return global_views, local_views, teacher_global_views(inputs, data_samples, V, T, G)
 
     # ------------------------------------------------------------------ loss
     def loss(self, inputs: List[torch.Tensor], data_samples: List[DataSample],

@@ -7,16 +7,16 @@ https://arxiv.org/abs/2006.09882.
 from typing import Optional, Sequence
 
 import torch
-import torch.nn as nn
 from mmpretrain.registry import MODELS
 
+from .code_prediction_loss import CodePredictionLoss
 from .functional.cluster_prediction import cross_view_code_loss
 
 __all__ = ['ClsClusterLoss']
 
 
 @MODELS.register_module()
-class ClsClusterLoss(nn.Module):
+class ClsClusterLoss(CodePredictionLoss):
     """Every student crop predicts the teacher's Sinkhorn CLS codes of every *other* crop.
 
     Paper: `Semantic Concentration for Self-Supervised Dense Representations Learning
@@ -36,11 +36,7 @@ class ClsClusterLoss(nn.Module):
     """
 
     def __init__(self, student_temp: float = 0.1, loss_weight: Optional[float] = 1.0) -> None:
-        super().__init__()
-        if not student_temp > 0:
-            raise ValueError(f'student_temp must be > 0, got {student_temp!r}')
-        self.student_temp = float(student_temp)
-        self.loss_weight = None if loss_weight is None else float(loss_weight)
+        super().__init__(student_temp, loss_weight)
 
     def forward(self,
                 student_logits: torch.Tensor,
@@ -49,4 +45,4 @@ class ClsClusterLoss(nn.Module):
                 code_view_ids: Optional[Sequence[int]] = None) -> torch.Tensor:
         loss = cross_view_code_loss(student_logits, codes, self.student_temp, student_view_ids,
                                     code_view_ids)
-        return (0.0 if self.loss_weight is None else self.loss_weight) * loss
+        return self.weighted(loss)

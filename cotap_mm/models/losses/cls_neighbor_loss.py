@@ -6,16 +6,16 @@ https://arxiv.org/abs/2509.09429 (official ``loss_intra_cls_intra``, METHOD_cota
 from typing import Optional
 
 import torch
-import torch.nn as nn
 from mmpretrain.registry import MODELS
 
+from .code_prediction_loss import CodePredictionLoss
 from .functional.cluster_prediction import neighbor_code_loss
 
 __all__ = ['ClsNeighborLoss']
 
 
 @MODELS.register_module()
-class ClsNeighborLoss(nn.Module):
+class ClsNeighborLoss(CodePredictionLoss):
     """The teacher's Sinkhorn CLS codes of the partner image are the anchor's targets.
 
     Paper: `Semantic Concentration for Self-Supervised Dense Representations Learning
@@ -35,13 +35,9 @@ class ClsNeighborLoss(nn.Module):
     """
 
     def __init__(self, student_temp: float = 0.2, loss_weight: Optional[float] = 1.0) -> None:
-        super().__init__()
-        if not student_temp > 0:
-            raise ValueError(f'student_temp must be > 0, got {student_temp!r}')
-        self.student_temp = float(student_temp)
-        self.loss_weight = None if loss_weight is None else float(loss_weight)
+        super().__init__(student_temp, loss_weight)
 
     def forward(self, student_logits: torch.Tensor, codes: torch.Tensor,
                 partner: torch.Tensor) -> torch.Tensor:
         loss = neighbor_code_loss(student_logits, codes, partner, self.student_temp)
-        return (0.0 if self.loss_weight is None else self.loss_weight) * loss
+        return self.weighted(loss)

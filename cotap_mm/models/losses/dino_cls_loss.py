@@ -8,24 +8,15 @@ that a CoTAP run keeps an image-level objective on its own.
 from typing import Optional, Sequence
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
-from mmengine.dist import all_reduce
 from mmpretrain.registry import MODELS
 
+from .centered_teacher_loss import CenteredTeacherLoss
+from .functional.crop_pairs import different_crop_pairs
+from .functional.teacher_centering import teacher_temperature
+
+# teacher_temperature lives in functional.teacher_centering; re-exported here (public name)
 __all__ = ['dino_cross_entropy', 'teacher_temperature', 'DINOClsLoss']
-
-
-def teacher_temperature(step: int, temp: float = 0.07, warmup_temp: float = 0.04,
-                        warmup_iters: int = 0) -> float:
-    """DINO's teacher temperature: linear from ``warmup_temp`` to ``temp`` over ``warmup_iters``.
-
-    Returns ``temp`` for ``step >= warmup_iters`` (and always when ``warmup_iters == 0``).
-    """
-    if warmup_iters <= 0 or step >= warmup_iters:
-        return float(temp)
-    step = max(int(step), 0)
-    return float(warmup_temp + (temp - warmup_temp) * step / warmup_iters)
 
 
 def dino_cross_entropy(student_logits: torch.Tensor,
@@ -62,30 +53,19 @@ def dino_cross_entropy(student_logits: torch.Tensor,
     if student_temp <= 0 or teacher_temp <= 0:
         raise ValueError(f'temperatures must be > 0, got student_temp={student_temp}, '
                          f'teacher_temp={teacher_temp}')
-    Vs, Vt = student_logits.shape[0], teacher_logits.shape[0]
-    s_ids = list(range(Vs)) if student_view_ids is None else [int(i) for i in student_view_ids]
-    t_ids = list(range(Vt)) if teacher_view_ids is None else [int(i) for i in teacher_view_ids]
-    if len(s_ids) != Vs or len(t_ids) != Vt:
-        raise ValueError(f'student_view_ids / teacher_view_ids must have {Vs} / {Vt} entries, '
-                         f'got {len(s_ids)} / {len(t_ids)}')
+    pairs = different_crop_pairs(student_logits.shape[0], teacher_logits.shape[0],
+                                 student_view_ids, teacher_view_ids, target='teacher')
     center = center.reshape(1, 1, -1).float()
     t_prob = F.softmax((teacher_logits.detach().float() - center) / teacher_temp, dim=-1)
     s_logp = F.log_softmax(student_logits.float() / student_temp, dim=-1)
-    total, n = student_logits.new_zeros((), dtype=torch.float32), 0
-    for ti, t_id in enumerate(t_ids):
-        for si, s_id in enumerate(s_ids):
-            if s_id == t_id:
-                continue
-            total = total + (-(t_prob[ti] * s_logp[si]).sum(dim=-1)).mean()
-            n += 1
-    if n == 0:
-        raise ValueError('no (student, teacher) pair of different crops: student_view_ids='
-                         f'{s_ids}, teacher_view_ids={t_ids}')
-    return total / n
+    total = student_logits.new_zeros((), dtype=torch.float32)
+    for ti, si in pairs:
+        total = total + (-(t_prob[ti] * s_logp[si]).sum(dim=-1)).mean()
+    return total / len(pairs)
 
 
 @MODELS.register_module()
-class DINOClsLoss(nn.Module):
+class DINOClsLoss(CenteredTeacherLoss):
     """DINO self-distillation loss with a centred, sharpened teacher (CoTAP's image-level term).
 
     Paper: `Semantic Concentration for Self-Supervised Dense Representations Learning
@@ -122,36 +102,8 @@ class DINOClsLoss(nn.Module):
                  warmup_iters: int = 0,
                  center_momentum: float = 0.9,
                  loss_weight: float = 1.0) -> None:
-        super().__init__()
-        if isinstance(out_dim, bool) or not isinstance(out_dim, int) or out_dim < 1:
-            raise ValueError(f'out_dim must be a positive int, got {out_dim!r}')
-        for name, val in (('student_temp', student_temp), ('teacher_temp', teacher_temp),
-                          ('warmup_teacher_temp', warmup_teacher_temp)):
-            if not val > 0:
-                raise ValueError(f'{name} must be > 0, got {val!r}')
-        if not 0.0 <= center_momentum <= 1.0:
-            raise ValueError(f'center_momentum must be in [0, 1], got {center_momentum!r}')
-        self.out_dim = out_dim
-        self.student_temp = float(student_temp)
-        self.teacher_temp = float(teacher_temp)
-        self.warmup_teacher_temp = float(warmup_teacher_temp)
-        self.warmup_iters = int(warmup_iters)
-        self.center_momentum = float(center_momentum)
-        self.loss_weight = float(loss_weight)
-        self.register_buffer('center', torch.zeros(1, out_dim))
-        self.register_buffer('num_updates', torch.tensor(0, dtype=torch.long))
-
-    def current_teacher_temp(self) -> float:
-        return teacher_temperature(int(self.num_updates.item()), self.teacher_temp,
-                                   self.warmup_teacher_temp, self.warmup_iters)
-
-    @torch.no_grad()
-    def update_center(self, teacher_logits: torch.Tensor) -> None:
-        """``c <- m c + (1 - m) * mean over views, batch and processes of teacher_logits``."""
-        t = teacher_logits.detach().float().reshape(-1, self.out_dim)
-        batch_center = t.mean(dim=0, keepdim=True)
-        all_reduce(batch_center, op='mean')
-        self.center.mul_(self.center_momentum).add_(batch_center * (1 - self.center_momentum))
+        super().__init__(out_dim, student_temp, teacher_temp, warmup_teacher_temp, warmup_iters,
+                         center_momentum, loss_weight)
 
     def forward(self,
                 student_logits: torch.Tensor,

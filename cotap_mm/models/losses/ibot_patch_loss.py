@@ -9,12 +9,10 @@ de-coupling branch.
 from typing import Optional
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
-from mmengine.dist import all_reduce
 from mmpretrain.registry import MODELS
 
-from .dino_cls_loss import teacher_temperature
+from .centered_teacher_loss import CenteredTeacherLoss
 
 __all__ = ['ibot_patch_cross_entropy', 'IBOTPatchLoss']
 
@@ -64,7 +62,7 @@ def ibot_patch_cross_entropy(student_logits: torch.Tensor,
 
 
 @MODELS.register_module()
-class IBOTPatchLoss(nn.Module):
+class IBOTPatchLoss(CenteredTeacherLoss):
     """iBOT patch self-distillation loss with its own centre and teacher-temperature warm-up.
 
     Paper: `Image BERT Pre-Training with Online Tokenizer <https://arxiv.org/abs/2111.07832>`_
@@ -100,38 +98,10 @@ class IBOTPatchLoss(nn.Module):
                  warmup_iters: int = 0,
                  center_momentum: float = 0.9,
                  loss_weight: float = 1.0) -> None:
-        super().__init__()
-        if isinstance(out_dim, bool) or not isinstance(out_dim, int) or out_dim < 1:
-            raise ValueError(f'out_dim must be a positive int, got {out_dim!r}')
-        for name, val in (('student_temp', student_temp), ('teacher_temp', teacher_temp),
-                          ('warmup_teacher_temp', warmup_teacher_temp)):
-            if not val > 0:
-                raise ValueError(f'{name} must be > 0, got {val!r}')
-        if not 0.0 <= center_momentum <= 1.0:
-            raise ValueError(f'center_momentum must be in [0, 1], got {center_momentum!r}')
         if isinstance(warmup_iters, bool) or not isinstance(warmup_iters, int) or warmup_iters < 0:
             raise ValueError(f'warmup_iters must be a non-negative int, got {warmup_iters!r}')
-        self.out_dim = out_dim
-        self.student_temp = float(student_temp)
-        self.teacher_temp = float(teacher_temp)
-        self.warmup_teacher_temp = float(warmup_teacher_temp)
-        self.warmup_iters = warmup_iters
-        self.center_momentum = float(center_momentum)
-        self.loss_weight = float(loss_weight)
-        self.register_buffer('center', torch.zeros(1, out_dim))
-        self.register_buffer('num_updates', torch.tensor(0, dtype=torch.long))
-
-    def current_teacher_temp(self) -> float:
-        return teacher_temperature(int(self.num_updates.item()), self.teacher_temp,
-                                   self.warmup_teacher_temp, self.warmup_iters)
-
-    @torch.no_grad()
-    def update_center(self, teacher_logits: torch.Tensor) -> None:
-        """``c <- m c + (1 - m) * mean over views, samples, tokens and processes``."""
-        batch_center = teacher_logits.detach().float().reshape(-1, self.out_dim).mean(
-            dim=0, keepdim=True)
-        all_reduce(batch_center, op='mean')
-        self.center.mul_(self.center_momentum).add_(batch_center * (1 - self.center_momentum))
+        super().__init__(out_dim, student_temp, teacher_temp, warmup_teacher_temp, warmup_iters,
+                         center_momentum, loss_weight)
 
     def cross_entropy(self, student_logits: torch.Tensor, teacher_logits: torch.Tensor,
                       weights: torch.Tensor) -> torch.Tensor:

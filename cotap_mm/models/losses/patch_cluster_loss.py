@@ -7,17 +7,17 @@ Leopart, https://arxiv.org/abs/2204.13101.
 from typing import Optional, Sequence
 
 import torch
-import torch.nn as nn
 from mmpretrain.registry import MODELS
 
 from ..algorithms.overlap_pooling import pool_crop_overlaps
+from .code_prediction_loss import CodePredictionLoss
 from .functional.cluster_prediction import soft_cross_entropy
 
 __all__ = ['PatchClusterLoss']
 
 
 @MODELS.register_module()
-class PatchClusterLoss(nn.Module):
+class PatchClusterLoss(CodePredictionLoss):
     """Student crops predict the teacher's patch cluster codes of the *other* crops, over their
     overlap.
 
@@ -61,17 +61,13 @@ class PatchClusterLoss(nn.Module):
                  roi_size: int = 6,
                  fg_threshold: float = 0.5,
                  loss_weight: Optional[float] = 1.0) -> None:
-        super().__init__()
-        if not student_temp > 0:
-            raise ValueError(f'student_temp must be > 0, got {student_temp!r}')
+        super().__init__(student_temp, loss_weight)
         if isinstance(roi_size, bool) or not isinstance(roi_size, int) or roi_size < 1:
             raise ValueError(f'roi_size must be a positive int, got {roi_size!r}')
         if not 0.0 <= float(fg_threshold) <= 1.0:
             raise ValueError(f'fg_threshold must be in [0, 1], got {fg_threshold!r}')
-        self.student_temp = float(student_temp)
         self.roi_size = roi_size
         self.fg_threshold = float(fg_threshold)
-        self.loss_weight = None if loss_weight is None else float(loss_weight)
 
     def forward(self,
                 student_maps: Sequence[torch.Tensor],
@@ -100,5 +96,4 @@ class PatchClusterLoss(nn.Module):
         target = codes / mass.clamp_min(1e-12)
         mask = (fg >= self.fg_threshold) & (mass[:, :, 0] > 1e-6) & valid[:, :, None, None]
         loss = soft_cross_entropy(pooled_s, target, self.student_temp, mask, dim=2)
-        weight = 0.0 if self.loss_weight is None else self.loss_weight
-        return weight * loss
+        return self.weighted(loss)

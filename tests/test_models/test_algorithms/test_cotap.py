@@ -1,6 +1,3 @@
-import glob
-import importlib.util
-import json
 import math
 import os.path as osp
 
@@ -11,11 +8,11 @@ import cotap_mm  # noqa: F401
 import cotap_mm.models.algorithms.cotap as cotap_module  # registers CoTAP
 import cotap_mm.models.heads.dino_projection_head  # noqa: F401
 import cotap_mm.models.losses.dino_cls_loss  # noqa: F401  (registers DINOClsLoss)
-from cotap_mm.datasets.transforms.geometric_views import GeometricMultiView
 from cotap_mm.engine.hooks.ema_teacher_hook import check_teacher_student
+from cotap_test_helpers.tool_runs import logged_loss_rows, train_in_process
+from cotap_test_helpers.view_batches import geometric_view_batch
 from mmengine.config import Config
 from mmpretrain.registry import MODELS
-from mmpretrain.structures import DataSample
 
 REPO = osp.dirname(osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))))
 TINY = osp.join(REPO, 'configs/cotap/cotap_vit-tiny-p8_1xb8-demo_synthetic.py')
@@ -36,22 +33,7 @@ def _build(init_weights=False, **overrides):
 
 
 def _batch(B=4, G=2, L=2, size=64, local=32, seed=0, noise=0.3):
-    g = torch.Generator().manual_seed(seed)
-    teacher = [torch.randn(B, 3, size, size, generator=g) for _ in range(G)]
-    student = [t + noise * torch.randn(t.shape, generator=g) for t in teacher]
-    student += [torch.randn(B, 3, local, local, generator=g) for _ in range(L)]
-    sampler = GeometricMultiView(num_global=G, global_size=size, num_local=L, local_size=local,
-                                 local_scale=(0.05, 0.2), seed=seed)
-    samples = []
-    for _ in range(B):
-        ds = DataSample()
-        ds.set_metainfo(dict(num_student_views=G + L, num_teacher_views=G, num_global_crops=G,
-                             num_local_crops=L))
-        ds.set_field(torch.arange(G), 'teacher_view_indices')
-        ds.set_field(torch.from_numpy(sampler.sample_boxes(96, 96)), 'crop_boxes')
-        ds.set_field(torch.zeros(G + L, dtype=torch.bool), 'crop_flips')
-        samples.append(ds)
-    return student + teacher, samples
+    return geometric_view_batch(B, G, L, size, local, seed, noise)
 
 
 def test_builds_structure_and_state_dict():
@@ -337,18 +319,12 @@ def test_cotap_loss_decreases_on_fixed_batch():
 
 
 def test_tiny_config_trains_with_tools_train(tmp_path):
-    spec = importlib.util.spec_from_file_location('cotap_tools_train', osp.join(REPO, 'tools/train.py'))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    mod.main([
+    train_in_process([
         TINY, '--work-dir', str(tmp_path), '--cfg-options', 'train_cfg.max_iters=4',
         'default_hooks.logger.interval=1', 'train_dataloader.batch_size=4',
         'model.bank_size=16', 'model.bank_samples_per_step=8'
     ])
-    scalars = glob.glob(str(tmp_path / '*' / 'vis_data' / 'scalars.json'))
-    assert scalars
-    rows = [json.loads(line) for line in open(scalars[0])]
-    rows = [r for r in rows if 'loss' in r]
+    rows = logged_loss_rows(tmp_path)
     assert len(rows) == 4
     for r in rows:
         for key in ('loss', ) + tuple(FULL_KEYS):
@@ -363,16 +339,13 @@ def test_tiny_config_trains_with_tools_train(tmp_path):
 
 
 def test_runner_resume_keeps_queues_and_iteration(tmp_path):
-    spec = importlib.util.spec_from_file_location('cotap_tools_train',
-                                                  osp.join(REPO, 'tools/train.py'))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
     opts = ['default_hooks.logger.interval=1', 'train_dataloader.batch_size=4',
             'model.bank_size=16', 'model.bank_samples_per_step=8',
             'default_hooks.checkpoint.interval=1']
-    mod.main([TINY, '--work-dir', str(tmp_path), '--cfg-options', 'train_cfg.max_iters=2'] + opts)
-    mod.main([TINY, '--work-dir', str(tmp_path), '--cfg-options', 'train_cfg.max_iters=3'] + opts
-             + ['--resume'])
+    train_in_process([TINY, '--work-dir', str(tmp_path), '--cfg-options', 'train_cfg.max_iters=2']
+                     + opts)
+    train_in_process([TINY, '--work-dir', str(tmp_path), '--cfg-options', 'train_cfg.max_iters=3']
+                     + opts + ['--resume'])
     sd2 = torch.load(str(tmp_path / 'iter_2.pth'), map_location='cpu', weights_only=False)
     sd3 = torch.load(str(tmp_path / 'iter_3.pth'), map_location='cpu', weights_only=False)
     sd2, sd3 = sd2['state_dict'], sd3['state_dict']
@@ -385,8 +358,6 @@ def test_runner_resume_keeps_queues_and_iteration(tmp_path):
         # the resumed run appended to the saved queue (no wrap yet): same first n2 entries
         torch.testing.assert_close(sd3[f'{name}.queue'][:n2], sd2[f'{name}.queue'][:n2])
         assert int(sd3[f'{name}.ptr']) == n3
-    scalars = sorted(glob.glob(str(tmp_path / '*' / 'vis_data' / 'scalars.json')))
-    rows = [json.loads(line) for line in open(scalars[-1])]
-    rows = [r for r in rows if 'loss' in r]
+    rows = logged_loss_rows(tmp_path)  # of the resumed (latest) run
     assert [r['iter'] for r in rows] == [3]
     assert all(rows[0][k] > 0 for k in CLUSTER_KEYS)

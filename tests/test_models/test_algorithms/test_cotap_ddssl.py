@@ -1,7 +1,4 @@
 """CoTAP with the de-coupling / de-positioning options (arXiv 2303.16947 + ICLR-24 successor)."""
-import glob
-import importlib.util
-import json
 import math
 import os.path as osp
 
@@ -14,9 +11,10 @@ from mmpretrain.registry import MODELS
 from mmpretrain.structures import DataSample
 
 import cotap_mm  # noqa: F401
-from cotap_mm.datasets.transforms.geometric_views import GeometricMultiView
 from cotap_mm.datasets.transforms.region_cutout import region_cutout_mask
 from cotap_mm.models.algorithms.cotap import kept_code_cross_entropy, region_code_targets
+from cotap_test_helpers.tool_runs import logged_loss_rows, train_in_process
+from cotap_test_helpers.view_batches import geometric_view_batch
 
 REPO = osp.dirname(osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))))
 TINY = osp.join(REPO, 'configs/cotap/cotap_vit-tiny-p8_1xb8-demo_synthetic.py')
@@ -39,25 +37,13 @@ def _build(**overrides):
 def _batch(B=4, G=2, L=2, size=64, local=32, seed=0, ratio=0.4):
     """Student views (G global + L local), clean teacher globals, samples with crop geometry and
     one RCC mask per global crop (fixed cut ratio: every mask non-empty)."""
-    g = torch.Generator().manual_seed(seed)
-    teacher = [torch.randn(B, 3, size, size, generator=g) for _ in range(G)]
-    student = [t + 0.3 * torch.randn(t.shape, generator=g) for t in teacher]
-    student += [torch.randn(B, 3, local, local, generator=g) for _ in range(L)]
-    sampler = GeometricMultiView(num_global=G, global_size=size, num_local=L, local_size=local,
-                                 local_scale=(0.05, 0.2), seed=seed)
     rng = np.random.RandomState(seed)
-    samples = []
-    for _ in range(B):
-        ds = DataSample()
-        ds.set_metainfo(dict(num_student_views=G + L, num_teacher_views=G, num_global_crops=G,
-                             num_local_crops=L))
-        ds.set_field(torch.arange(G), 'teacher_view_indices')
-        ds.set_field(torch.from_numpy(sampler.sample_boxes(96, 96)), 'crop_boxes')
-        ds.set_field(torch.zeros(G + L, dtype=torch.bool), 'crop_flips')
+
+    def add_rcc_masks(ds: DataSample) -> None:
         masks = np.stack([region_cutout_mask(size // 8, rng, ratio=ratio) for _ in range(G)])
         ds.set_field(torch.from_numpy(masks), 'rcc_mask')
-        samples.append(ds)
-    return student + teacher, samples
+
+    return geometric_view_batch(B, G, L, size, local, seed, noise=0.3, add_fields=add_rcc_masks)
 
 
 def _losses(model, inputs, samples, seed=0):
@@ -280,20 +266,13 @@ def test_bad_configs_and_inputs():
 
 
 def test_ddssl_config_trains_with_tools_train(tmp_path):
-    spec = importlib.util.spec_from_file_location('cotap_tools_train',
-                                                  osp.join(REPO, 'tools/train.py'))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    mod.main([
+    train_in_process([
         DDSSL, '--work-dir', str(tmp_path), '--cfg-options', 'train_cfg.max_iters=2',
         'default_hooks.logger.interval=1', 'model.bank_size=16', 'model.bank_samples_per_step=8'
     ])
     cfg = Config.fromfile(DDSSL)
     assert cfg.train_dataloader.batch_size == 8  # 25 % of 8: one masked + one complement row
-    scalars = glob.glob(str(tmp_path / '*' / 'vis_data' / 'scalars.json'))
-    assert scalars
-    rows = [json.loads(line) for line in open(scalars[0])]
-    rows = [r for r in rows if 'loss' in r]
+    rows = logged_loss_rows(tmp_path)
     assert len(rows) == 2
     for r in rows:
         for key in ('loss', 'loss_dc', 'loss_depos') + tuple(BASE_KEYS):

@@ -1,6 +1,3 @@
-import glob
-import importlib.util
-import json
 import math
 import os.path as osp
 
@@ -15,6 +12,7 @@ import cotap_mm  # noqa: F401  (registers DDSSLiBOT, IBOTPatchLoss, RegionCollab
 from cotap_mm.datasets.transforms.region_cutout import region_cutout_mask
 from cotap_mm.engine.hooks.ema_teacher_hook import check_teacher_student
 from cotap_mm.models.losses.ibot_patch_loss import ibot_patch_cross_entropy
+from cotap_test_helpers.tool_runs import logged_loss_rows, train_in_process
 
 REPO = osp.dirname(osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))))
 TINY = osp.join(REPO, 'configs/ddssl/ddssl-ibot_vit-tiny-p8_1xb8-300it_synthetic.py')
@@ -181,19 +179,12 @@ def test_configs_parse_and_hold_the_recipe():
 
 
 def test_tiny_config_trains_with_tools_train(tmp_path):
-    spec = importlib.util.spec_from_file_location('ddssl_tools_train',
-                                                  osp.join(REPO, 'tools/train.py'))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    mod.main([
+    train_in_process([
         TINY_DP, '--work-dir', str(tmp_path), '--cfg-options', 'train_cfg.max_iters=2',
         'default_hooks.logger.interval=1', 'train_dataloader.batch_size=8',
         'train_dataloader.dataset.num_samples=16', 'model.backbone.arch.num_layers=2'
     ])
-    scalars = glob.glob(str(tmp_path / '*' / 'vis_data' / 'scalars.json'))
-    assert scalars
-    rows = [json.loads(line) for line in open(scalars[0])]
-    rows = [r for r in rows if 'loss' in r]
+    rows = logged_loss_rows(tmp_path)
     assert len(rows) == 2
     for r in rows:
         for key in ('loss', 'loss_cls', 'loss_patch', 'loss_dc', 'loss_depos'):

@@ -1,7 +1,4 @@
 """Tests of the SCFS algorithm (cotap_mm/models/algorithms/scfs.py)."""
-import glob
-import importlib.util
-import json
 import math
 import os.path as osp
 
@@ -11,9 +8,10 @@ import torch.nn.functional as F
 
 import cotap_mm  # noqa: F401  (registers SCFS, SCFSHead, DINOProjectionHead, DINOClsLoss, ...)
 from cotap_mm.engine.hooks.ema_teacher_hook import check_teacher_student
+from cotap_test_helpers.tool_runs import logged_loss_rows, train_in_process
+from cotap_test_helpers.view_batches import packed_view_sample
 from mmengine.config import Config
 from mmpretrain.registry import MODELS
-from mmpretrain.structures import DataSample
 
 REPO = osp.dirname(osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))))
 VIT = osp.join(REPO, 'configs/scfs/scfs_vit-tiny-p8_1xb8-300it_synthetic.py')
@@ -38,14 +36,7 @@ def _batch(B=2, G=2, L=2, size=64, local=32, seed=0):
     student = [torch.randn(B, 3, size, size, generator=g) for _ in range(G)]
     student += [torch.randn(B, 3, local, local, generator=g) for _ in range(L)]
     teacher = [torch.randn(B, 3, size, size, generator=g) for _ in range(G)]  # "clean" copies
-    samples = []
-    for _ in range(B):
-        ds = DataSample()
-        ds.set_metainfo(dict(num_student_views=G + L, num_teacher_views=G, num_global_crops=G,
-                             num_local_crops=L))
-        ds.set_field(torch.arange(G), 'teacher_view_indices')
-        samples.append(ds)
-    return student + teacher, samples
+    return student + teacher, [packed_view_sample(G, L) for _ in range(B)]
 
 
 def _ce(t_logits, s_logits, t_temp, s_temp, center=0.0):
@@ -226,25 +217,14 @@ def test_bad_inputs():
         _build(RES, teacher_input='both')
 
 
-def _train_main():
-    spec = importlib.util.spec_from_file_location('scfs_tools_train',
-                                                  osp.join(REPO, 'tools/train.py'))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod.main
-
-
 @pytest.mark.parametrize('path', [VIT, RES])
 def test_trains_with_tools_train(tmp_path, path):
-    _train_main()([
+    train_in_process([
         path, '--work-dir', str(tmp_path), '--cfg-options', 'train_cfg.max_iters=2',
         'default_hooks.logger.interval=1', 'train_dataloader.batch_size=2',
         'train_dataloader.dataset.num_samples=4', 'default_hooks.checkpoint.interval=2'
     ])
-    scalars = glob.glob(str(tmp_path / '*' / 'vis_data' / 'scalars.json'))
-    assert scalars
-    rows = [json.loads(line) for line in open(scalars[0])]
-    rows = [r for r in rows if 'loss' in r]
+    rows = logged_loss_rows(tmp_path)
     assert len(rows) == 2
     keys = ['loss', 'loss_dino'] + [f'loss_{k}_{i}' for k in ('global', 'search') for i in range(3)]
     for r in rows:

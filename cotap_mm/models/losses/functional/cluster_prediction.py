@@ -15,6 +15,8 @@ from typing import Optional, Sequence
 import torch
 import torch.nn.functional as F
 
+from .crop_pairs import different_crop_pairs
+
 __all__ = ['soft_cross_entropy', 'cross_view_code_loss', 'neighbor_code_loss']
 
 
@@ -88,17 +90,9 @@ def cross_view_code_loss(student_logits: torch.Tensor,
         Tensor: float32 scalar.
     """
     _check_views(student_logits, codes)
-    V, G = student_logits.shape[0], codes.shape[0]
-    s_ids = list(range(V)) if student_view_ids is None else [int(i) for i in student_view_ids]
-    t_ids = list(range(G)) if code_view_ids is None else [int(i) for i in code_view_ids]
-    if len(s_ids) != V or len(t_ids) != G:
-        raise ValueError(f'student_view_ids / code_view_ids must have {V} / {G} entries, got '
-                         f'{len(s_ids)} / {len(t_ids)}')
-    terms = [soft_cross_entropy(student_logits[si], codes[ti], temperature)
-             for ti, t in enumerate(t_ids) for si, s in enumerate(s_ids) if s != t]
-    if not terms:
-        raise ValueError(f'no (student, code) pair of different crops: student_view_ids={s_ids}, '
-                         f'code_view_ids={t_ids}')
+    pairs = different_crop_pairs(student_logits.shape[0], codes.shape[0], student_view_ids,
+                                 code_view_ids, target='code')
+    terms = [soft_cross_entropy(student_logits[si], codes[ti], temperature) for ti, si in pairs]
     return torch.stack(terms).mean()
 
 
