@@ -86,6 +86,8 @@ def safe_torch_load(filename: Union[str, os.PathLike],
         return torch.load(filename, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
         match = re.search(r'Unsupported global: GLOBAL ([\w.]+)', str(e))
+        if match is None and 'invalid load key' in str(e):
+            raise ValueError(f'{filename} is not a torch checkpoint or is truncated ({e})') from e
         what = f'the pickled global `{match.group(1)}`' if match else 'pickled Python objects'
         raise UnsafeCheckpointError(
             f'Refusing to load checkpoint {filename}: it contains {what}, and loading it would '
@@ -95,6 +97,9 @@ def safe_torch_load(filename: Union[str, os.PathLike],
             f'`--trust-checkpoint {filename}` to tools/train.py or tools/test.py, or wrap the load '
             f'in `with cotap_mm.utils.trusted_checkpoint({filename!r}):`. Alternatively convert it '
             'once with tools/model_converters/publish_model.py.') from e
+    except (IndexError, EOFError, KeyError, RuntimeError) as e:  # what torch raises on non-checkpoints
+        raise ValueError(f'{filename} is not a torch checkpoint or is truncated '
+                         f'({type(e).__name__}: {e})') from e
 
 
 def safe_load_from_local(filename: str, map_location: Any = None) -> Any:

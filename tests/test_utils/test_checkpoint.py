@@ -72,3 +72,20 @@ def test_unsafe_global_is_refused_with_clear_message(tmp_path):
 def test_missing_file_is_named(tmp_path):
     with pytest.raises(FileNotFoundError, match='nope.pth'):
         safe_torch_load(tmp_path / 'nope.pth')
+
+
+def test_not_a_checkpoint_is_named(tmp_path):
+    path = tmp_path / 'notes.pth'
+    path.write_text('these are not weights\n')
+    with pytest.raises(ValueError, match='notes.pth is not a torch checkpoint') as info:
+        safe_torch_load(path)
+    assert not isinstance(info.value, UnsafeCheckpointError)
+
+
+def test_truncated_checkpoint_is_named(tmp_path):
+    good = tmp_path / 'good.pth'
+    torch.save({'state_dict': {'w': torch.ones(64, 64)}}, good)
+    bad = tmp_path / 'cut.pth'
+    bad.write_bytes(good.read_bytes()[:200])
+    with pytest.raises(ValueError, match='cut.pth is not a torch checkpoint or is truncated'):
+        safe_torch_load(bad)
