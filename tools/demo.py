@@ -44,8 +44,8 @@ COTAP_CFG = osp.join(REPO, 'configs/cotap/cotap_vit-tiny-p8_1xb8-demo_synthetic.
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument('--work-dir', default='work_dirs/demo')
-    p.add_argument('--image-iters', type=int, default=600, help='MoCo v3 iterations (stage 1)')
-    p.add_argument('--cotap-iters', type=int, default=300, help='CoTAP and control iterations')
+    p.add_argument('--image-iters', type=int, default=1500, help='MoCo v3 iterations (stage 1)')
+    p.add_argument('--cotap-iters', type=int, default=1000, help='CoTAP and control iterations')
     p.add_argument('--data-root', default=None,
                    help='pretrain on this folder of images (any layout mmpretrain CustomDataset '
                    'reads) instead of generated scenes; the probe stays on generated scenes')
