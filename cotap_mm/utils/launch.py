@@ -84,3 +84,14 @@ def init_cpu_process_group(dist_cfg: dict) -> None:
     torch_dist.init_process_group(backend=dist_cfg.get('backend', CPU_BACKEND),
                                   rank=int(os.environ['RANK']),
                                   world_size=int(os.environ['WORLD_SIZE']), **kwargs)
+
+
+def shutdown_process_group() -> None:
+    """Destroy the default process group if one is up (after a final barrier by the caller).
+
+    A gloo process group left to the interpreter's exit can abort with "terminate called without
+    an active exception" while its threads are torn down; tools that initialise one themselves end
+    with this call.
+    """
+    if torch_dist.is_available() and torch_dist.is_initialized():
+        torch_dist.destroy_process_group()

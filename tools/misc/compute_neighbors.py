@@ -49,7 +49,7 @@ from cotap_mm.datasets.coco_unlabeled import UnlabeledImageDataset  # noqa: E402
 from cotap_mm.datasets.neighbors import knn_cosine, relative_key, write_neighbors  # noqa: E402
 from cotap_mm.evaluation.linear_probe import last_layer_output  # noqa: E402
 from cotap_mm.utils import safe_torch_load, trust_checkpoint  # noqa: E402
-from cotap_mm.utils.launch import init_cpu_process_group  # noqa: E402
+from cotap_mm.utils.launch import init_cpu_process_group, shutdown_process_group  # noqa: E402
 from mmpretrain.registry import MODELS  # noqa: E402
 
 IMAGENET_MEAN = (123.675, 116.28, 103.53)
@@ -272,6 +272,8 @@ def main(argv: Optional[Sequence[str]] = None) -> str:
               f'{float(sim.mean()):.4f})', flush=True)
     if world_size > 1:
         dist.barrier()
+    if args.launcher != 'none':  # the group this tool started
+        shutdown_process_group()
     return args.out
 
 
