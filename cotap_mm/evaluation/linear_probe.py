@@ -475,6 +475,20 @@ def last_layer_output(backbone: nn.Module, x: torch.Tensor, vit_out_type: str = 
     return out
 
 
+def normalize_images(images: torch.Tensor, mean: Optional[Sequence[float]] = IMAGENET_MEAN,
+                     std: Optional[Sequence[float]] = IMAGENET_STD) -> torch.Tensor:
+    """0-255 images ``[B, C, H, W]`` -> float ``(x - mean) / std`` per channel (on their device).
+
+    ``mean=None`` (and ``std=None``) only converts to float.
+    """
+    x = images.float()
+    if mean is None:
+        return x
+    m = torch.as_tensor(mean, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
+    s = torch.as_tensor(std, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
+    return (x - m) / s
+
+
 def build_patch_feature_extractor(model_or_backbone: nn.Module,
                                   mean: Optional[Sequence[float]] = IMAGENET_MEAN,
                                   std: Optional[Sequence[float]] = IMAGENET_STD
@@ -512,13 +526,7 @@ def build_patch_feature_extractor(model_or_backbone: nn.Module,
         if not isinstance(images, torch.Tensor) or images.ndim != 4 or images.shape[1] != 3:
             raise ValueError('images must be a [B, 3, H, W] tensor')
         param = next(backbone.parameters(), None)
-        x = images.float()
-        if param is not None:
-            x = x.to(param.device)
-        if mean is not None:
-            m = torch.as_tensor(mean, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
-            s = torch.as_tensor(std, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
-            x = (x - m) / s
+        x = normalize_images(images if param is None else images.to(param.device), mean, std)
         was_training = backbone.training
         backbone.eval()
         try:
@@ -554,11 +562,7 @@ def build_model_feature_extractor(model: nn.Module) -> ExtractFn:
     def extract(images: torch.Tensor) -> torch.Tensor:
         if use_extract_feat == [False] or not hasattr(model, 'extract_feat'):
             return backbone_extract(images)
-        x = images.float().to(next(model.parameters()).device)
-        if mean is not None:
-            m = torch.as_tensor(mean, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
-            s = torch.as_tensor(std, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
-            x = (x - m) / s
+        x = normalize_images(images.to(next(model.parameters()).device), mean, std)
         was_training = model.training
         model.eval()
         try:

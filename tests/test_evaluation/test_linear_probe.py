@@ -324,3 +324,14 @@ def test_load_backbone_weights(tiny_cfg_ckpt, tmp_path):
     torch.save({'state_dict': {'neck.x': torch.zeros(1)}, 'meta': {}}, bad)
     with pytest.raises(ValueError, match='matches the backbone'):
         tool.load_backbone_weights(bb, bad)
+
+
+def test_normalize_images_per_channel():
+    from cotap_mm.evaluation.linear_probe import IMAGENET_MEAN, IMAGENET_STD, normalize_images
+    x = torch.randint(0, 256, (2, 3, 4, 5), dtype=torch.uint8)
+    out = normalize_images(x)
+    for c in range(3):
+        ref = (x[:, c].double() - IMAGENET_MEAN[c]) / IMAGENET_STD[c]
+        assert torch.allclose(out[:, c].double(), ref, atol=1e-5)
+    assert out.dtype == torch.float32
+    assert torch.equal(normalize_images(x, None, None), x.float())

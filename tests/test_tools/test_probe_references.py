@@ -3,6 +3,8 @@ import os.path as osp
 
 import torch
 
+from cotap_mm.evaluation.linear_probe import normalize_images
+
 REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 
 
@@ -19,7 +21,7 @@ def test_raw_patch_features_are_the_patch_pixels():
     x = torch.randint(0, 256, (2, 3, 16, 24)).float()
     f = tool.raw_patch_features(x, patch=8)
     assert f.shape == (2, 3 * 64, 2, 3)
-    ref = tool.normalise(x)[1, :, 8:16, 16:24].reshape(-1)  # patch (row 1, col 2), channel-major
+    ref = normalize_images(x)[1, :, 8:16, 16:24].reshape(-1)  # patch (row 1, col 2), channel-major
     assert torch.allclose(f[1, :, 1, 2], ref)
 
 
@@ -30,7 +32,7 @@ def test_texture_statistics_of_a_flat_image():
     assert f.shape == (1, 15, 4, 4)
     inner = f[0, :, 1:3, 1:3]  # away from the zero padding: no gradients, mean = the value
     assert torch.allclose(inner[6:], torch.zeros_like(inner[6:]), atol=1e-6)
-    assert torch.allclose(inner[0], tool.normalise(x)[0, 0, :2, :2])
+    assert torch.allclose(inner[0], normalize_images(x)[0, 0, :2, :2])
 
 
 def test_tool_runs_and_supervision_helps():

@@ -29,28 +29,19 @@ from mmengine.logging import print_log  # noqa: E402
 
 import cotap_mm  # noqa: E402,F401
 from cotap_mm.evaluation import dense_evaluation, synthetic_probe_data  # noqa: E402
+from cotap_mm.evaluation.linear_probe import normalize_images  # noqa: E402
 from mmpretrain.registry import MODELS  # noqa: E402
-
-MEAN = (123.675, 116.28, 103.53)
-STD = (58.395, 57.12, 57.375)
-
-
-def normalise(x: torch.Tensor) -> torch.Tensor:
-    """0-255 RGB ``[B, 3, H, W]`` -> ImageNet-normalised float."""
-    m = torch.tensor(MEAN).view(1, 3, 1, 1)
-    s = torch.tensor(STD).view(1, 3, 1, 1)
-    return (x.float() - m) / s
 
 
 def raw_patch_features(x: torch.Tensor, patch: int = 8) -> torch.Tensor:
     """``[B, 3*patch*patch, H/patch, W/patch]``: the normalised pixels of each patch."""
     B, _, H, W = x.shape
-    return F.unfold(normalise(x), patch, stride=patch).reshape(B, -1, H // patch, W // patch)
+    return F.unfold(normalize_images(x), patch, stride=patch).reshape(B, -1, H // patch, W // patch)
 
 
 def texture_statistics(x: torch.Tensor, window: int = 16, stride: int = 8) -> torch.Tensor:
     """Local mean, energy, |dx|, |dy| and dx*dy of each channel, averaged over ``window`` px."""
-    x = normalise(x)
+    x = normalize_images(x)
     gx = F.pad(x[..., :, 1:] - x[..., :, :-1], (0, 1))
     gy = F.pad(x[..., 1:, :] - x[..., :-1, :], (0, 0, 0, 1))
     f = torch.cat([x, x ** 2, gx.abs(), gy.abs(), gx * gy], 1)
@@ -77,7 +68,7 @@ def train_supervised(vit: nn.Module, num_classes: int, iters: int, image_size: i
     t0 = time.time()
     for it in range(iters):
         idx = torch.randint(0, len(imgs), (16, ), generator=g)
-        logits = F.interpolate(head(vit(normalise(imgs[idx]))[0]), size=masks.shape[-2:],
+        logits = F.interpolate(head(vit(normalize_images(imgs[idx]))[0]), size=masks.shape[-2:],
                                mode='bilinear', align_corners=False)
         loss = F.cross_entropy(logits, masks[idx], ignore_index=255)
         opt.zero_grad()
@@ -108,7 +99,7 @@ def main(argv: Optional[List[str]] = None) -> dict:
     vit.eval()  # mmpretrain backbones' train() returns None: no chaining
 
     def vit_features(x: torch.Tensor) -> torch.Tensor:
-        return vit(normalise(x))[0]
+        return vit(normalize_images(x))[0]
 
     rows = {}
     for name, fn in (('raw pixels', raw_patch_features), ('texture statistics', texture_statistics),

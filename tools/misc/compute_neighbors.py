@@ -47,14 +47,10 @@ from torch.utils.data import DataLoader, Dataset  # noqa: E402
 import cotap_mm  # noqa: E402,F401  (registers modules, installs the safe checkpoint loader)
 from cotap_mm.datasets.coco_unlabeled import UnlabeledImageDataset  # noqa: E402
 from cotap_mm.datasets.neighbors import knn_cosine, relative_key, write_neighbors  # noqa: E402
-from cotap_mm.evaluation.linear_probe import last_layer_output  # noqa: E402
+from cotap_mm.evaluation.linear_probe import last_layer_output, normalize_images  # noqa: E402
 from cotap_mm.utils import safe_torch_load, trust_checkpoint  # noqa: E402
 from cotap_mm.utils.launch import init_cpu_process_group, shutdown_process_group  # noqa: E402
 from mmpretrain.registry import MODELS  # noqa: E402
-
-IMAGENET_MEAN = (123.675, 116.28, 103.53)
-IMAGENET_STD = (58.395, 57.12, 57.375)
-
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
@@ -172,12 +168,10 @@ def embed(backbone: torch.nn.Module, paths: Sequence[str], args: argparse.Namesp
         return feats
     loader = DataLoader(ResizedImages(paths, args.img_size), batch_size=args.batch_size,
                         num_workers=args.num_workers, shuffle=False, drop_last=False)
-    mean = torch.tensor(IMAGENET_MEAN, device=device).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1)
     bar = ProgressBar(len(paths)) if show_progress else None
     start = 0
     for imgs in loader:
-        x = (imgs.to(device).float() - mean) / std
+        x = normalize_images(imgs.to(device))  # ImageNet mean / std
         f = global_features(backbone, x)
         feats[start:start + len(f)] = f
         start += len(f)
