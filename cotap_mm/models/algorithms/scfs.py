@@ -92,10 +92,11 @@ class SCFS(TeacherStudentMixin, BaseSelfSupervisor):
         backbone (dict): backbone config (see above).
         head (dict): DINO head (:class:`DINOProjectionHead`; official: hidden 2048, bottleneck
             256, 65536 prototypes). ``in_channels`` must be the width of the DINO feature.
-        stage_head (dict): :class:`SCFSHead` config, built once per stage with ``in_channels``
-            set from ``stage_channels``.
+        stage_head (dict, optional): :class:`SCFSHead` config, built once per stage with
+            ``in_channels`` set from ``stage_channels``. ``None`` (with both stage losses
+            ``None`` and ``stage_channels=()``): no stage heads, i.e. plain DINO (:class:`DINO`).
         stage_channels (Sequence[int]): C_l of every searched backbone output, shallow to deep
-            (ResNet-50: (512, 1024, 2048)).
+            (ResNet-50: (512, 1024, 2048)); ``()`` only without ``stage_head``.
         dino_loss (dict): Defaults to ``dict(type='DINOClsLoss')`` (``out_dim`` = head width).
         stage_global_loss (dict, optional): built per stage; ``None`` disables L_g. Defaults to
             ``DINOClsLoss`` with ``loss_weight=0.5``.
@@ -118,7 +119,7 @@ class SCFS(TeacherStudentMixin, BaseSelfSupervisor):
     def __init__(self,
                  backbone: dict,
                  head: dict,
-                 stage_head: dict,
+                 stage_head: Optional[dict],
                  stage_channels: Sequence[int],
                  dino_loss: dict = dict(type='DINOClsLoss'),
                  stage_global_loss: Optional[dict] = dict(type='DINOClsLoss', loss_weight=0.5),
@@ -132,7 +133,13 @@ class SCFS(TeacherStudentMixin, BaseSelfSupervisor):
                  data_preprocessor: Optional[Union[dict, nn.Module]] = None,
                  init_cfg: Optional[dict] = None) -> None:
         super().__init__(backbone=backbone, data_preprocessor=data_preprocessor, init_cfg=init_cfg)
-        if (not isinstance(stage_channels, (list, tuple)) or not stage_channels or not all(
+        if stage_head is None:
+            if stage_channels or stage_global_loss is not None or search_loss is not None:
+                raise ValueError('stage_head=None (DINO without stages) needs stage_channels=() '
+                                 'and stage_global_loss=search_loss=None, got stage_channels='
+                                 f'{stage_channels!r}, stage_global_loss={stage_global_loss!r}, '
+                                 f'search_loss={search_loss!r}')
+        elif (not isinstance(stage_channels, (list, tuple)) or not stage_channels or not all(
                 isinstance(c, int) and not isinstance(c, bool) and c > 0
                 for c in stage_channels)):
             raise ValueError(f'stage_channels must be a non-empty sequence of positive ints, got '
@@ -183,7 +190,7 @@ class SCFS(TeacherStudentMixin, BaseSelfSupervisor):
         self.stage_heads = nn.ModuleList(stage_heads)
 
         head_dim = int(getattr(self.head, 'num_prototypes', 0))
-        stage_dim = int(getattr(self.stage_heads[0], 'out_channels', 0))
+        stage_dim = int(getattr(self.stage_heads[0], 'out_channels', 0)) if stage_heads else 0
         self.dino_loss = build_module(_with_out_dim(dino_loss, head_dim), 'dino_loss')
         self.stage_global_losses = None if stage_global_loss is None else nn.ModuleList(
             build_module(_with_out_dim(copy.deepcopy(stage_global_loss), stage_dim),
@@ -216,6 +223,8 @@ class SCFS(TeacherStudentMixin, BaseSelfSupervisor):
             outs = backbone(x)
             maps = list(outs) if isinstance(outs, (list, tuple)) else [outs]
             final = None
+        if not self.stage_channels:  # DINO: no searched stages, only the image-level feature
+            return [], final if final is not None else maps[-1].mean(dim=(2, 3))
         if len(maps) != len(self.stage_channels):
             raise ValueError(f'the backbone returned {len(maps)} feature maps, stage_channels '
                              f'{self.stage_channels} expects {len(self.stage_channels)} (check '
@@ -255,7 +264,7 @@ class SCFS(TeacherStudentMixin, BaseSelfSupervisor):
                      ) -> Tuple[List[torch.Tensor], List[torch.Tensor], List[torch.Tensor]]:
         """Global student views, local student views and the teacher's global views."""
         V, T, G = packed_view_counts(inputs, data_samples, 'SCFS', min_global=2)
-        if V - G < 1:
+        if V - G < 1 and self.search_losses is not None:
             raise ValueError(f'SCFS needs at least one local crop for the feature search, got '
                              f'{V} student views of which {G} global')
         if self.search_view >= G:
@@ -282,7 +291,10 @@ class SCFS(TeacherStudentMixin, BaseSelfSupervisor):
         B = global_views[0].shape[0]
 
         s_maps_g, s_final_g = self._encode_views(self.backbone, global_views)
-        s_maps_l, s_final_l = self._encode_views(self.backbone, local_views)
+        if local_views:
+            s_maps_l, s_final_l = self._encode_views(self.backbone, local_views)
+        else:  # DINO with the two global crops only
+            s_maps_l, s_final_l = [], s_final_g.new_zeros((0, ) + s_final_g.shape[1:])
         with torch.no_grad():
             t_maps_g, t_final_g = self._encode_views(self.teacher['backbone'], teacher_views)
 
