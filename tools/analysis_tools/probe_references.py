@@ -8,11 +8,15 @@ and the ceiling of the same probe on the same data, which this tool measures:
 - ``texture statistics``: hand-made local statistics (mean, energy, gradient magnitudes pooled over
   16 px windows), what a texture-aware feature without learning gets;
 - ``random ViT``: the demo's tiny ViT (embed 96, 4 layers, patch 8) at random init;
+- ``image-level supervised ViT``: the same ViT trained for ``--image-iters`` steps with image-level
+  labels only (which classes are present: multi-label binary cross-entropy on the CLS token), on
+  generated scenes of other seeds: what an image-level signal, even a perfect one, gives the patch
+  tokens at this budget (the image-level start of the demo and the benchmark is compared to it);
 - ``supervised ViT``: the same ViT trained for ``--iters`` steps with dense cross-entropy on
   generated scenes with their masks (other seeds than the probe's data): the ceiling an SSL method
   of this size could approach with labels.
 
-    python tools/analysis_tools/probe_references.py --iters 600
+    python tools/analysis_tools/probe_references.py --iters 600 --image-iters 1500
 """
 import argparse
 import os.path as osp
@@ -29,7 +33,8 @@ from mmengine.logging import print_log  # noqa: E402
 
 import cotap_mm  # noqa: E402,F401
 from cotap_mm.evaluation import dense_evaluation, synthetic_probe_data  # noqa: E402
-from cotap_mm.evaluation.linear_probe import normalize_images  # noqa: E402
+from cotap_mm.evaluation.linear_probe import (last_layer_output,  # noqa: E402
+                                              normalize_images)
 from mmpretrain.registry import MODELS  # noqa: E402
 
 
@@ -54,28 +59,48 @@ def tiny_vit(image_size: int) -> nn.Module:
                              img_size=image_size, patch_size=8, out_type='featmap'))
 
 
+def presence_labels(masks: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """``[N, num_classes - 1]`` float: 1 where object class ``c`` (1-based) is in the mask."""
+    return torch.stack([torch.bincount(m.flatten(), minlength=num_classes)[1:num_classes] > 0
+                        for m in masks]).float()
+
+
 def train_supervised(vit: nn.Module, num_classes: int, iters: int, image_size: int,
-                     num_images: int, seed: int) -> None:
-    """Dense cross-entropy (1x1 conv head, logits upsampled) on generated scenes with masks."""
+                     num_images: int, seed: int, image_level: bool = False) -> None:
+    """Train ``vit`` with labels on generated scenes (``seed + 7``, not the probe's images).
+
+    ``image_level=False``: dense cross-entropy (1x1 conv head on the patch tokens, logits upsampled
+    to the mask). ``image_level=True``: multi-label binary cross-entropy of a linear head on the CLS
+    token against :func:`presence_labels` (no location information). AdamW 5e-4, batch 16.
+    """
     imgs, masks, _ = synthetic_probe_data('train', num_images, seed + 7, image_size, num_classes - 1)
     imgs = torch.from_numpy(imgs).permute(0, 3, 1, 2)
     masks = torch.from_numpy(masks).long()
-    head = nn.Conv2d(96, num_classes, 1)
+    if image_level:
+        targets = presence_labels(masks, num_classes)
+        head: nn.Module = nn.Linear(96, num_classes - 1)
+    else:
+        head = nn.Conv2d(96, num_classes, 1)
     opt = torch.optim.AdamW(list(vit.parameters()) + list(head.parameters()), lr=5e-4,
                             weight_decay=0.05)
     g = torch.Generator().manual_seed(seed)
     vit.train()
     t0 = time.time()
+    what = 'image-level supervised' if image_level else 'supervised'
     for it in range(iters):
         idx = torch.randint(0, len(imgs), (16, ), generator=g)
-        logits = F.interpolate(head(vit(normalize_images(imgs[idx]))[0]), size=masks.shape[-2:],
-                               mode='bilinear', align_corners=False)
-        loss = F.cross_entropy(logits, masks[idx], ignore_index=255)
+        if image_level:
+            cls = last_layer_output(vit, normalize_images(imgs[idx]), 'cls_token')
+            loss = F.binary_cross_entropy_with_logits(head(cls), targets[idx])
+        else:
+            logits = F.interpolate(head(vit(normalize_images(imgs[idx]))[0]),
+                                   size=masks.shape[-2:], mode='bilinear', align_corners=False)
+            loss = F.cross_entropy(logits, masks[idx], ignore_index=255)
         opt.zero_grad()
         loss.backward()
         opt.step()
         if it % 100 == 0 or it == iters - 1:
-            print_log(f'supervised [{it + 1}/{iters}] loss {loss.item():.4f} '
+            print_log(f'{what} [{it + 1}/{iters}] loss {loss.item():.4f} '
                       f'({time.time() - t0:.0f} s)', logger='current')
     vit.eval()
 
@@ -83,6 +108,8 @@ def train_supervised(vit: nn.Module, num_classes: int, iters: int, image_size: i
 def main(argv: Optional[List[str]] = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument('--iters', type=int, default=600, help='supervised training steps')
+    p.add_argument('--image-iters', type=int, default=1500,
+                   help='image-level supervised training steps (0: skip that row)')
     p.add_argument('--train-images', type=int, default=2000, help='supervised training images')
     p.add_argument('--probe-train', type=int, default=300)
     p.add_argument('--probe-val', type=int, default=150)
@@ -106,6 +133,14 @@ def main(argv: Optional[List[str]] = None) -> dict:
                      ('random ViT', vit_features)):
         rows[name] = dense_evaluation(fn, train[:2], val[:2], k + 1, val_instances=val[2],
                                       epochs=args.probe_epochs, lr=args.probe_lr, seed=args.seed)
+    if args.image_iters > 0:
+        torch.manual_seed(args.seed)
+        image_vit = tiny_vit(args.image_size)
+        train_supervised(image_vit, k + 1, args.image_iters, args.image_size, args.train_images,
+                         args.seed, image_level=True)
+        rows[f'image-level supervised ViT ({args.image_iters} it)'] = dense_evaluation(
+            lambda x: image_vit(normalize_images(x))[0], train[:2], val[:2], k + 1,
+            val_instances=val[2], epochs=args.probe_epochs, lr=args.probe_lr, seed=args.seed)
     train_supervised(vit, k + 1, args.iters, args.image_size, args.train_images, args.seed)
     rows[f'supervised ViT ({args.iters} it)'] = dense_evaluation(
         vit_features, train[:2], val[:2], k + 1, val_instances=val[2], epochs=args.probe_epochs,
