@@ -3,10 +3,11 @@
 What it does, as the paper does it but at CPU size (METHOD.md: CoTAP post-pretrains an image-level
 SSL checkpoint):
 
-1. image-level pretraining: MoCo v3 on a tiny ViT, on generated scenes (or ``--data-root``);
+1. image-level pretraining: DINO (multi-crop self-distillation) on a tiny ViT, on generated scenes
+   (or ``--data-root``);
 2. CoTAP from that checkpoint, for ``--cotap-iters`` iterations;
 3. the fair control: the same image-level checkpoint trained for the same extra iterations with its
-   own objective (MoCo v3);
+   own objective (DINO);
 4. a frozen linear segmentation probe (mIoU) and the over-dispersion metric on generated scenes
    with ground-truth masks, for random init / image-level / image-level + control / + CoTAP;
    PCA and similarity pictures of each model's patch features.
@@ -37,14 +38,15 @@ from cotap_mm.evaluation.linear_probe import build_model_feature_extractor  # no
 from cotap_mm.evaluation.visualization import save_feature_figure  # noqa: E402
 
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
-IMAGE_LEVEL_CFG = osp.join(REPO, 'configs/mocov3/mocov3_vit-tiny-p8_1xb16-300it_synthetic.py')
+IMAGE_LEVEL_CFG = osp.join(REPO, 'configs/dino/dino_vit-tiny-p8_1xb8-1500it_synthetic.py')
+IMAGE_LEVEL_NAME = 'DINO'
 COTAP_CFG = osp.join(REPO, 'configs/cotap/cotap_vit-tiny-p8_1xb8-demo_synthetic.py')
 
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument('--work-dir', default='work_dirs/demo')
-    p.add_argument('--image-iters', type=int, default=1500, help='MoCo v3 iterations (stage 1)')
+    p.add_argument('--image-iters', type=int, default=1500, help='DINO iterations (stage 1)')
     p.add_argument('--cotap-iters', type=int, default=1000, help='CoTAP and control iterations')
     p.add_argument('--data-root', default=None,
                    help='pretrain on this folder of images (any layout mmpretrain CustomDataset '
@@ -55,7 +57,7 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     p.add_argument('--probe-lr', type=float, default=1e-2)
     p.add_argument('--image-size', type=int, default=96, help='probe image size (pixels)')
     p.add_argument('--seed', type=int, default=0)
-    p.add_argument('--skip-control', action='store_true', help='skip the MoCo v3 control run')
+    p.add_argument('--skip-control', action='store_true', help='skip the DINO control run')
     return p.parse_args(argv)
 
 
@@ -139,7 +141,7 @@ def main(argv: Optional[List[str]] = None) -> List[Dict[str, Any]]:
     logger = MMLogger.get_instance('cotap_demo', log_file=osp.join(work, 'demo.log'))
     t0 = time.time()
 
-    logger.info('[1/4] image-level pretraining (MoCo v3, tiny ViT)')
+    logger.info(f'[1/4] image-level pretraining ({IMAGE_LEVEL_NAME}, tiny ViT)')
     image_ckpt = train_stage(IMAGE_LEVEL_CFG, osp.join(work, 'image_level'), args.image_iters,
                              args.seed, args.data_root)
     logger.info('[2/4] CoTAP post-pretraining from the image-level checkpoint')
@@ -158,9 +160,11 @@ def main(argv: Optional[List[str]] = None) -> List[Dict[str, Any]]:
     train = synthetic_probe_data('train', args.probe_train, args.seed + 100, args.image_size, k)
     val = synthetic_probe_data('val', args.probe_val, args.seed + 100, args.image_size, k)
     models = [('random init', IMAGE_LEVEL_CFG, None),
-              (f'image-level (MoCo v3, {args.image_iters} it)', IMAGE_LEVEL_CFG, image_ckpt)]
+              (f'image-level ({IMAGE_LEVEL_NAME}, {args.image_iters} it)', IMAGE_LEVEL_CFG,
+               image_ckpt)]
     if control_ckpt is not None:
-        models.append((f'image-level + {args.cotap_iters} it MoCo v3 (control)', IMAGE_LEVEL_CFG,
+        models.append((f'image-level + {args.cotap_iters} it {IMAGE_LEVEL_NAME} (control)',
+                       IMAGE_LEVEL_CFG,
                        control_ckpt))
     models.append((f'image-level + {args.cotap_iters} it CoTAP', COTAP_CFG, cotap_ckpt))
     rows = []

@@ -1,7 +1,8 @@
 # CPU-sized CoTAP demo on generated scenes (SyntheticScenes, no download): tiny ViT (embed 96, 4 layers,
 # 3 heads, patch 8), 2 global 64 px crops (8x8 grid, pooling scales 4 and 8) + 2 local 32 px crops,
 # 16 prototypes, bank 128, the paper's five loss terms with small queues. Starts from scratch unless
-# load_from is set (e.g. a MoCo v3 tiny checkpoint converted with tools/model_converters/vit2cotap.py).
+# the backbone is initialised from an image-level checkpoint (tools/demo.py: the tiny DINO of
+# configs/dino/, model.backbone.init_cfg=dict(type='Pretrained', checkpoint=..., prefix='backbone.')).
 _base_ = [
     '../_base_/models/cotap_vit.py',
     '../_base_/datasets/cotap_coco.py',
@@ -32,9 +33,11 @@ model = dict(
     kmeans_iters=100,
 )
 
+# colour jitter stronger than the paper's (hue 0.5, grayscale 0.5 instead of 0.1 / 0.2): object
+# colours of generated scenes are random per instance, colour never tells the class
 student_pipeline = [
-    dict(type='HueSafeColorJitter', brightness=0.4, contrast=0.4, saturation=0.4, hue=0.1, prob=0.8),
-    dict(type='RandomGrayscale', prob=0.2, keep_channels=True, channel_weights=(0.114, 0.587, 0.299)),
+    dict(type='HueSafeColorJitter', brightness=0.4, contrast=0.4, saturation=0.4, hue=0.5, prob=0.8),
+    dict(type='RandomGrayscale', prob=0.5, keep_channels=True, channel_weights=(0.114, 0.587, 0.299)),
     dict(type='RandomGaussianBlur', sigma=(0.1, 1.0), kernel_size=3, prob=0.3),
 ]
 train_pipeline = [
