@@ -1,5 +1,5 @@
-# MoCo v3 (https://arxiv.org/abs/2104.02057) on a tiny ViT, CPU-sized: an image-level SSL baseline and
-# the starting checkpoint of the demo. Data: any folder of images (mmpretrain CustomDataset, unlabelled).
+# MoCo v3 (https://arxiv.org/abs/2104.02057) on a tiny ViT, CPU-sized: an image-level SSL baseline.
+# Data: any folder of images (mmpretrain CustomDataset, unlabelled).
 _base_ = ['../_base_/default_runtime.py']
 
 data_root = 'data/demo_images'
