@@ -2,10 +2,8 @@
 through tools/train.py (in-process: ``main(argv)``; one run through the torchrun wrapper in a
 subprocess), on tiny data sets written in the real on-disk layouts, with a CoTAP-like checkpoint."""
 import glob
-import importlib.util
 import json
 import math
-import os
 import os.path as osp
 import subprocess
 
@@ -17,17 +15,14 @@ from cotap_test_helpers.seg_data import (TINY_ARCH, shrink_seg_config, write_ade
                                          write_cityscapes, write_coco_stuff, write_nyu,
                                          write_pretrain_checkpoint, write_voc_aug)
 from cotap_test_helpers.tiny_runs import REPO_ROOT, free_port, run_env
+from cotap_test_helpers.tool_runs import load_tool
 
 CFG_DIR = osp.join(REPO_ROOT, 'configs', 'benchmarks', 'mmseg')
 BENCH = osp.join(REPO_ROOT, 'tools', 'benchmarks', 'mmseg')
 
 
 def _load_tool(name):
-    spec = importlib.util.spec_from_file_location(f'cotap_tools_{name}',
-                                                  osp.join(REPO_ROOT, 'tools', f'{name}.py'))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_tool(f'tools/{name}.py')
 
 
 @pytest.fixture(scope='module')

@@ -1,4 +1,3 @@
-import importlib.util
 import json
 import os.path as osp
 import time
@@ -10,16 +9,13 @@ from cotap_mm.datasets.synthetic_scenes import (SHAPES, TEXTURES, SyntheticScene
                                                 class_descriptions, class_shape_texture,
                                                 generate_scene, scene_seed, synthetic_metainfo,
                                                 write_ade20k_layout)
+from cotap_test_helpers.tool_runs import load_tool
 
 REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 
 
 def _load_tool(name):
-    path = osp.join(REPO, 'tools', 'analysis_tools', f'{name}.py')
-    spec = importlib.util.spec_from_file_location(f'_tool_{name}', path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_tool(f'tools/analysis_tools/{name}.py')
 
 
 # ----------------------------------------------------------------------------- generator

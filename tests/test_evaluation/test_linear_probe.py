@@ -1,4 +1,3 @@
-import importlib.util
 import json
 import os.path as osp
 
@@ -12,6 +11,7 @@ from cotap_mm.evaluation.linear_probe import (build_patch_feature_extractor, con
                                               extract_features, fit_linear_probe,
                                               images_to_tensor, miou_from_confusion,
                                               predict_linear_probe)
+from cotap_test_helpers.tool_runs import load_tool
 
 REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 TINY_VIT = dict(
@@ -262,11 +262,7 @@ def test_build_patch_feature_extractor_vit():
 
 
 def _load_tool(name):
-    path = osp.join(REPO, 'tools', 'analysis_tools', f'{name}.py')
-    spec = importlib.util.spec_from_file_location(f'_tool_{name}', path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_tool(f'tools/analysis_tools/{name}.py')
 
 
 @pytest.fixture

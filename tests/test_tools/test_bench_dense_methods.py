@@ -1,16 +1,11 @@
 """tools/benchmarks/bench_dense_methods.py: its report replaces only its own section of the file."""
-import importlib.util
 import os.path as osp
 
-REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
+from cotap_test_helpers.tool_runs import load_tool
 
 
 def _tool():
-    spec = importlib.util.spec_from_file_location(
-        'bench_dense_methods', osp.join(REPO, 'tools/benchmarks/bench_dense_methods.py'))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_tool('tools/benchmarks/bench_dense_methods.py')
 
 
 def test_write_section_replaces_keeps_and_appends(tmp_path):

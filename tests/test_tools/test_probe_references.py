@@ -1,19 +1,12 @@
-import importlib.util
-import os.path as osp
 
 import torch
 
 from cotap_mm.evaluation.linear_probe import normalize_images
-
-REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
+from cotap_test_helpers.tool_runs import load_tool
 
 
 def _tool():
-    spec = importlib.util.spec_from_file_location(
-        'probe_references', osp.join(REPO, 'tools/analysis_tools/probe_references.py'))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_tool('tools/analysis_tools/probe_references.py')
 
 
 def test_raw_patch_features_are_the_patch_pixels():
