@@ -24,7 +24,7 @@ class CenteredTeacherLoss(nn.Module):
         student_temp (float): > 0.
         teacher_temp (float): > 0.
         warmup_teacher_temp (float): > 0.
-        warmup_iters (int): warm-up length in counted calls (stored as ``int``).
+        warmup_iters (int): warm-up length in counted calls (non-negative int).
         center_momentum (float): in [0, 1].
         loss_weight (float): multiplier of the loss.
 
@@ -42,6 +42,8 @@ class CenteredTeacherLoss(nn.Module):
                           ('warmup_teacher_temp', warmup_teacher_temp)):
             if not val > 0:
                 raise ValueError(f'{name} must be > 0, got {val!r}')
+        if isinstance(warmup_iters, bool) or not isinstance(warmup_iters, int) or warmup_iters < 0:
+            raise ValueError(f'warmup_iters must be a non-negative int, got {warmup_iters!r}')
         if not 0.0 <= center_momentum <= 1.0:
             raise ValueError(f'center_momentum must be in [0, 1], got {center_momentum!r}')
         self.out_dim = out_dim

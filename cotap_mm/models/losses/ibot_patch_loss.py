@@ -98,8 +98,6 @@ class IBOTPatchLoss(CenteredTeacherLoss):
                  warmup_iters: int = 0,
                  center_momentum: float = 0.9,
                  loss_weight: float = 1.0) -> None:
-        if isinstance(warmup_iters, bool) or not isinstance(warmup_iters, int) or warmup_iters < 0:
-            raise ValueError(f'warmup_iters must be a non-negative int, got {warmup_iters!r}')
         super().__init__(out_dim, student_temp, teacher_temp, warmup_teacher_temp, warmup_iters,
                          center_momentum, loss_weight)
 

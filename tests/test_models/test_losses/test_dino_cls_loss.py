@@ -78,3 +78,6 @@ def test_bad_input():
         DINOClsLoss(out_dim=4)(torch.randn(2, 2, 5), torch.randn(2, 2, 5))
     with pytest.raises(ValueError, match='center_momentum'):
         DINOClsLoss(out_dim=4, center_momentum=1.5)
+    for bad in (-1, 2.5, True):
+        with pytest.raises(ValueError, match='warmup_iters'):
+            DINOClsLoss(out_dim=4, warmup_iters=bad)

@@ -83,6 +83,8 @@ def test_bad_inputs():
         IBOTPatchLoss(out_dim=0)
     with pytest.raises(ValueError, match='center_momentum'):
         IBOTPatchLoss(center_momentum=2.0)
+    with pytest.raises(ValueError, match='warmup_iters'):
+        IBOTPatchLoss(warmup_iters=-3)
     loss = IBOTPatchLoss(out_dim=4)
     with pytest.raises(ValueError, match='out_dim=4'):
         loss(torch.zeros(1, 1, 2, 5), torch.zeros(1, 1, 2, 5), torch.ones(1, 1, 2))
