@@ -43,3 +43,15 @@ def geometric_view_batch(B: int = 4, G: int = 2, L: int = 2, size: int = 64, loc
             add_fields(ds)
         samples.append(ds)
     return student + teacher, samples
+
+
+def independent_view_batch(B: int = 2, G: int = 2, L: int = 2, size: int = 64, local: int = 32,
+                           seed: int = 0) -> Tuple[List[torch.Tensor], List[DataSample]]:
+    """Random DINO / SCFS inputs: G student globals [B, 3, size, size], L locals
+    [B, 3, local, local], then G packed teacher copies drawn independently of the student views
+    (so a model that reads them is told apart from one that does not); no crop boxes."""
+    g = torch.Generator().manual_seed(seed)
+    views = [torch.randn(B, 3, size, size, generator=g) for _ in range(G)]
+    views += [torch.randn(B, 3, local, local, generator=g) for _ in range(L)]
+    views += [torch.randn(B, 3, size, size, generator=g) for _ in range(G)]
+    return views, [packed_view_sample(G, L) for _ in range(B)]

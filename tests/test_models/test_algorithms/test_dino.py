@@ -8,8 +8,9 @@ import torch.nn.functional as F
 
 import cotap_mm  # noqa: F401  (registers DINO, DINOProjectionHead, DINOClsLoss, ...)
 from cotap_mm.engine.hooks.ema_teacher_hook import check_teacher_student
+from cotap_mm.evaluation.linear_probe import last_layer_output
 from cotap_test_helpers.tool_runs import logged_loss_rows, train_in_process
-from cotap_test_helpers.view_batches import packed_view_sample
+from cotap_test_helpers.view_batches import independent_view_batch
 from mmengine.config import Config
 from mmpretrain.registry import MODELS
 
@@ -30,20 +31,11 @@ def _build(perturb_teacher=False, **overrides):
     return model
 
 
-def _batch(B=2, G=2, L=2, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    views = [torch.randn(B, 3, 64, 64, generator=g) for _ in range(G)]
-    views += [torch.randn(B, 3, 32, 32, generator=g) for _ in range(L)]
-    views += [torch.randn(B, 3, 64, 64, generator=g) for _ in range(G)]  # packed teacher copies
-    return views, [packed_view_sample(G, L) for _ in range(B)]
+_batch = independent_view_batch
 
 
 def _cls(backbone, x):
-    backbone.out_type = 'cls_token'
-    try:
-        return backbone(x)[-1]
-    finally:
-        backbone.out_type = 'featmap'
+    return last_layer_output(backbone, x, 'cls_token')
 
 
 def test_structure():

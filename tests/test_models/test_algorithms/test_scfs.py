@@ -9,7 +9,7 @@ import torch.nn.functional as F
 import cotap_mm  # noqa: F401  (registers SCFS, SCFSHead, DINOProjectionHead, DINOClsLoss, ...)
 from cotap_mm.engine.hooks.ema_teacher_hook import check_teacher_student
 from cotap_test_helpers.tool_runs import logged_loss_rows, train_in_process
-from cotap_test_helpers.view_batches import packed_view_sample
+from cotap_test_helpers.view_batches import independent_view_batch
 from mmengine.config import Config
 from mmpretrain.registry import MODELS
 
@@ -31,12 +31,7 @@ def _build(path=RES, perturb_teacher=False, **overrides):
     return model
 
 
-def _batch(B=2, G=2, L=2, size=64, local=32, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    student = [torch.randn(B, 3, size, size, generator=g) for _ in range(G)]
-    student += [torch.randn(B, 3, local, local, generator=g) for _ in range(L)]
-    teacher = [torch.randn(B, 3, size, size, generator=g) for _ in range(G)]  # "clean" copies
-    return student + teacher, [packed_view_sample(G, L) for _ in range(B)]
+_batch = independent_view_batch  # teacher copies drawn apart from the student views
 
 
 def _ce(t_logits, s_logits, t_temp, s_temp, center=0.0):
