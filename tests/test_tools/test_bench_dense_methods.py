@@ -1,4 +1,6 @@
 """tools/benchmarks/bench_dense_methods.py: its report replaces only its own section of the file."""
+import json
+import math
 import os.path as osp
 
 from cotap_test_helpers.tool_runs import load_tool
@@ -27,3 +29,36 @@ def test_every_method_config_exists():
     assert tool.CONTROL in tool.METHODS and tool.METHODS[tool.CONTROL][1] == 'load_from'
     for cfg, mode, _ in tool.METHODS.values():
         assert osp.isfile(cfg) and mode in ('load_from', 'init_from')
+
+
+def _run_stage(tool, capsys, work_dir: str, iters: int) -> dict:
+    spec = dict(cfg=tool.IMAGE_LEVEL_CFG, work_dir=work_dir, iters=iters, seed=0, mode='none',
+                start=None, overrides={'train_dataloader.dataset.num_samples': 4,
+                                       'train_dataloader.batch_size': 2})
+    tool._stage_main(spec)
+    return json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+
+
+def test_stage_keeps_its_measurements_for_a_rerun(tmp_path, capsys):
+    """A stage trained once reports its step time and memory again when a re-run finds it done."""
+    from mmengine.runner import Runner
+    tool = _tool()
+    train = Runner.train
+    work = str(tmp_path / 'dino')
+    first = _run_stage(tool, capsys, work, iters=2)
+    assert Runner.train is train  # the measuring wrapper is removed again
+    assert osp.isfile(first['ckpt']) and first['step_time'] > 0 and first['peak_mb'] >= 0
+    saved = json.load(open(osp.join(work, tool.STAGE_STATS)))
+    assert saved == dict(step_time=first['step_time'], peak_mb=first['peak_mb'])
+    again = _run_stage(tool, capsys, work, iters=2)  # checkpoint there: no training
+    assert again == first
+
+
+def test_cached_stage_without_measurements_reports_nan(tmp_path, capsys):
+    tool = _tool()
+    work = tmp_path / 'old'
+    work.mkdir()
+    (work / 'iter_3.pth').write_bytes(b'')  # a stage done before measurements were kept
+    out = _run_stage(tool, capsys, str(work), iters=3)
+    assert out['ckpt'] == str(work / 'iter_3.pth')
+    assert math.isnan(out['step_time']) and math.isnan(out['peak_mb'])

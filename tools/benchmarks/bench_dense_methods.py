@@ -49,6 +49,10 @@ DDSSL_CFG = osp.join(REPO, 'configs/ddssl/ddssl-ibot_vit-tiny-p8_1xb8-300it_synt
 # SCFS's CPU config has 3 blocks; here it gets the 4 blocks of the starting checkpoint, searched
 # after blocks 2-4 (the ViT counterpart of ResNet stages 2-4)
 SCFS_SAME_BACKBONE = {'model.backbone.arch.num_layers': 4, 'model.backbone.out_indices': (1, 2, 3)}
+# step time and peak memory of a trained stage, kept in its work dir: a re-run that finds the stage
+# done (train_stage skips it) reports these instead of nothing. A stage resumed after an
+# interruption reports what its last process measured.
+STAGE_STATS = 'stage_stats.json'
 CONTROL = 'DINO (control)'
 METHODS = {  # name: (config, how the starting checkpoint is used, config overrides)
     CONTROL: (IMAGE_LEVEL_CFG, 'load_from', {}),
@@ -104,20 +108,28 @@ def _stage_main(spec: Dict[str, Any]) -> None:
         stats['peak_mb'] = (_status_kb('VmHWM') - base) / 1024
         return result
 
-    Runner.train = train_and_measure
     extra = {k: tuple(v) if isinstance(v, list) else v
              for k, v in spec.get('overrides', {}).items()}  # JSON turned tuples into lists
     if spec['mode'] == 'load_from' and spec['start']:
         extra['load_from'] = spec['start']
     init_from = spec['start'] if spec['mode'] == 'init_from' else None
-    ckpt = train_stage(spec['cfg'], spec['work_dir'], spec['iters'], spec['seed'],
-                       init_from=init_from, extra=extra or None)
-    if torch.cuda.is_available():
-        peak_mb = torch.cuda.max_memory_allocated() / 2**20
-    else:
-        peak_mb = stats.get('peak_mb', float('nan'))
+    Runner.train = train_and_measure
+    try:
+        ckpt = train_stage(spec['cfg'], spec['work_dir'], spec['iters'], spec['seed'],
+                           init_from=init_from, extra=extra or None)
+    finally:
+        Runner.train = orig_train
+    stats_file = osp.join(spec['work_dir'], STAGE_STATS)
+    if 'step_time' in stats:  # trained here: keep the measurements beside the checkpoint
+        if torch.cuda.is_available():
+            stats['peak_mb'] = torch.cuda.max_memory_allocated() / 2**20
+        with open(stats_file, 'w') as f:
+            json.dump(stats, f)
+    elif osp.isfile(stats_file):  # stage done by an earlier run: report what it measured
+        with open(stats_file) as f:
+            stats = json.load(f)
     print(json.dumps(dict(ckpt=ckpt, step_time=stats.get('step_time', float('nan')),
-                          peak_mb=peak_mb)))
+                          peak_mb=stats.get('peak_mb', float('nan')))))
 
 
 def _status_kb(key: str) -> float:
