@@ -62,3 +62,23 @@ def test_cached_stage_without_measurements_reports_nan(tmp_path, capsys):
     out = _run_stage(tool, capsys, str(work), iters=3)
     assert out['ckpt'] == str(work / 'iter_3.pth')
     assert math.isnan(out['step_time']) and math.isnan(out['peak_mb'])
+
+
+def test_toy_benchmark_reports_and_resumes(tmp_path, capsys):
+    """Control + CoTAP at toy length: table, per-seed JSON, and a re-run that only re-evaluates."""
+    tool = _tool()
+    out = str(tmp_path / 'benchmarks.md')
+    argv = ['--seeds', '0', '--work-dir', str(tmp_path / 'bench'), '--image-iters', '2',
+            '--extra-iters', '2', '--methods', 'CoTAP', '--probe-train', '6', '--probe-val', '3',
+            '--probe-epochs', '1', '--out', out]
+    results = tool.main(argv)
+    control = results[f'+ 2 it {tool.CONTROL}']
+    assert set(results) == {'random init', 'image-level start (DINO, 2 it)', f'+ 2 it {tool.CONTROL}',
+                            '+ 2 it CoTAP'}
+    assert control['step_time'][0] > 0 and control['peak_mb'][0] >= 0
+    saved = json.load(open(tmp_path / 'bench' / 'results.json'))
+    assert saved['seeds'] == [0] and saved['results'] == results
+    table = open(out).read()
+    assert '| + 2 it CoTAP |' in table and '| 1.00 |' in table  # ratios against the control
+    again = tool.main(argv)  # every stage found done: same numbers, timings read back
+    assert again == results

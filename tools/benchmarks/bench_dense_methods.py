@@ -19,7 +19,9 @@ peak resident memory during ``runner.train()`` above the resident memory just be
 high-water mark being reset through ``/proc/self/clear_refs``; on CUDA ``max_memory_allocated``) are
 measured in the same run. Ratios are against the
 control. The table (mean +- std over seeds) is printed and written to ``docs/benchmarks.md`` with the
-command that produced it.
+command that produced it; the per-seed values go to ``WORK_DIR/results.json``. Stages found done in
+the work dir are not trained again (their step time and memory come from ``stage_stats.json``), so an
+interrupted run, or one with more seeds, resumes.
 
     python tools/benchmarks/bench_dense_methods.py --seeds 0 1 --image-iters 1500 --extra-iters 1000
 """
@@ -224,6 +226,8 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
               + '\n'.join(lines) + '\n')
     print(report)
     write_section(args.out, report)
+    with open(osp.join(work, 'results.json'), 'w') as f:  # the per-seed values behind the table
+        json.dump(dict(command=cmd, seeds=args.seeds, results=results), f, indent=1)
     return results
 
 
