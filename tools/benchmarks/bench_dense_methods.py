@@ -23,7 +23,7 @@ command that produced it; the per-seed values go to ``WORK_DIR/results.json``. S
 the work dir are not trained again (their step time and memory come from ``stage_stats.json``), so an
 interrupted run, or one with more seeds, resumes.
 
-    python tools/benchmarks/bench_dense_methods.py --seeds 0 1 --image-iters 1500 --extra-iters 1000
+    python tools/benchmarks/bench_dense_methods.py --seeds 0 1 2 --image-iters 1500 --extra-iters 1000
 """
 import argparse
 import json
