@@ -22,10 +22,11 @@ import os
 import os.path as osp
 import sys
 import time
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 
+import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from mmengine.config import Config  # noqa: E402
 from mmengine.logging import MMLogger, print_log  # noqa: E402
@@ -41,6 +42,7 @@ REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 IMAGE_LEVEL_CFG = osp.join(REPO, 'configs/dino/dino_vit-tiny-p8_1xb8-1500it_synthetic.py')
 IMAGE_LEVEL_NAME = 'DINO'
 COTAP_CFG = osp.join(REPO, 'configs/cotap/cotap_vit-tiny-p8_1xb8-demo_synthetic.py')
+PROBE_CLASSES = 9  # generated scenes' 8 object classes + background
 
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
@@ -121,6 +123,21 @@ def build_extractor(cfg_path: str, ckpt: Optional[str],
     return build_model_feature_extractor(model)
 
 
+def probe_checkpoint(cfg_path: str, ckpt: Optional[str], train: Sequence[np.ndarray],
+                     val: Sequence[np.ndarray], epochs: int, lr: float, seed: int,
+                     overrides: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+    """The demo's probe of one model: frozen linear probe mIoU and over-dispersion.
+
+    ``train`` / ``val``: :func:`synthetic_probe_data` triples (images, masks, instances) of the
+    generated scenes (8 object classes + background); the model is ``cfg_path`` with ``ckpt``
+    (random init if None) and ``overrides``; ``seed`` seeds the model's init and the probe.
+    Returns :func:`dense_evaluation`'s dict (``val_feats`` included).
+    """
+    torch.manual_seed(seed)
+    return dense_evaluation(build_extractor(cfg_path, ckpt, overrides), train[:2], val[:2],
+                            PROBE_CLASSES, val_instances=val[2], epochs=epochs, lr=lr, seed=seed)
+
+
 def format_table(rows: List[Dict[str, Any]]) -> str:
     head = ('| model | linear-probe mIoU (%) | pixel acc (%) | dispersion (lower = tighter) | '
             'intra cos | inter cos | instance dispersion | feature dim |')
@@ -156,7 +173,7 @@ def main(argv: Optional[List[str]] = None) -> List[Dict[str, Any]]:
     t_train = time.time() - t0
 
     logger.info('[4/4] frozen linear probe + over-dispersion on generated scenes with masks')
-    k = 8
+    k = PROBE_CLASSES - 1
     train = synthetic_probe_data('train', args.probe_train, args.seed + 100, args.image_size, k)
     val = synthetic_probe_data('val', args.probe_val, args.seed + 100, args.image_size, k)
     models = [('random init', IMAGE_LEVEL_CFG, None),
@@ -170,10 +187,8 @@ def main(argv: Optional[List[str]] = None) -> List[Dict[str, Any]]:
     rows = []
     fig_dir = osp.join(work, 'figures')
     for name, cfg_path, ckpt in models:
-        torch.manual_seed(args.seed)
-        extract = build_extractor(cfg_path, ckpt)
-        res = dense_evaluation(extract, train[:2], val[:2], k + 1, val_instances=val[2],
-                               epochs=args.probe_epochs, lr=args.probe_lr, seed=args.seed)
+        res = probe_checkpoint(cfg_path, ckpt, train, val, args.probe_epochs, args.probe_lr,
+                               args.seed)
         feats = res.pop('val_feats')
         slug = name.split(' (')[0].replace(' ', '_').replace('+', 'plus')
         for i in range(3):

@@ -34,8 +34,8 @@ from mmengine.logging import MMLogger  # noqa: E402
 from mmengine.registry import init_default_scope  # noqa: E402
 
 from analysis_tools.probe_references import tiny_vit, train_supervised  # noqa: E402
-from cotap_mm.evaluation import dense_evaluation, synthetic_probe_data  # noqa: E402
-from demo import COTAP_CFG, IMAGE_LEVEL_CFG, build_extractor, train_stage  # noqa: E402
+from cotap_mm.evaluation import synthetic_probe_data  # noqa: E402
+from demo import COTAP_CFG, IMAGE_LEVEL_CFG, probe_checkpoint, train_stage  # noqa: E402
 
 NUM_CLASSES = 8  # object classes of the generated scenes (9 with the background)
 
@@ -128,11 +128,8 @@ def main(argv: Optional[List[str]] = None) -> List[Dict[str, Any]]:
     val = synthetic_probe_data('val', args.probe_val, args.seed + 100, 96, NUM_CLASSES)
 
     def probe(cfg: str, ckpt: Optional[str], overrides: Optional[dict] = None) -> float:
-        torch.manual_seed(args.seed)
-        res = dense_evaluation(build_extractor(cfg, ckpt, overrides), train[:2], val[:2],
-                               NUM_CLASSES + 1, epochs=args.probe_epochs, lr=args.probe_lr,
-                               seed=args.seed)
-        return res['mIoU']
+        return probe_checkpoint(cfg, ckpt, train, val, args.probe_epochs, args.probe_lr,
+                                args.seed, overrides)['mIoU']
 
     rows = []
     random_miou = probe(IMAGE_LEVEL_CFG, None)

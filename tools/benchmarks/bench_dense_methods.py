@@ -42,7 +42,7 @@ sys.path.insert(0, REPO)
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from demo import COTAP_CFG, IMAGE_LEVEL_CFG, build_extractor, train_stage  # noqa: E402
+from demo import COTAP_CFG, IMAGE_LEVEL_CFG, probe_checkpoint, train_stage  # noqa: E402
 
 MOCO_CFG = osp.join(REPO, 'configs/mocov3/mocov3_vit-tiny-p8_1xb16-300it_synthetic.py')
 DENSECL_CFG = osp.join(REPO, 'configs/densecl/densecl_vit-tiny-p8_1xb16-300it_synthetic.py')
@@ -155,11 +155,8 @@ def _reset_peak_rss() -> float:
 def evaluate(cfg: str, ckpt: Optional[str], data: Dict[str, Any],
              args: argparse.Namespace, seed: int,
              overrides: Optional[Dict[str, Any]] = None) -> Dict[str, float]:
-    from cotap_mm.evaluation import dense_evaluation
-    torch.manual_seed(seed)
-    res = dense_evaluation(build_extractor(cfg, ckpt, overrides), data['train'][:2],
-                           data['val'][:2], 9, val_instances=data['val'][2],
-                           epochs=args.probe_epochs, lr=args.probe_lr, seed=seed)
+    res = probe_checkpoint(cfg, ckpt, data['train'], data['val'], args.probe_epochs, args.probe_lr,
+                           seed, overrides)
     return dict(mIoU=100 * res['mIoU'], dispersion=res['dispersion']['dispersion'],
                 inst_dispersion=res['dispersion'].get('instance_dispersion', float('nan')))
 
