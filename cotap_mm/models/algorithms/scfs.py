@@ -84,6 +84,10 @@ class SCFS(TeacherStudentMixin, BaseSelfSupervisor):
       searched map, averaged over the local crops and the batch. Official: the teacher side is
       **not** centred, i.e. :class:`DINOClsLoss` with ``center_momentum=1.0`` (the centre stays 0).
 
+    * Logged only (no ``loss`` in the key, so not summed): ``dino_teacher_entropy``,
+      ``dino_teacher_marginal_entropy`` and ``dino_kl`` of ``loss_dino``, DINO's collapse
+      diagnostics (:meth:`DINOClsLoss.forward`).
+
     Total (official): ``L = L_d + sum_l 1/2 (L_g^l + L_fs^l)``: the 1/2 is the ``loss_weight=0.5``
     of the stage losses. Teacher temperature 0.04 -> 0.07 (warm-up) and student temperature 0.1
     for all terms (set in the loss configs).
@@ -312,6 +316,9 @@ class SCFS(TeacherStudentMixin, BaseSelfSupervisor):
             t_logits = self.teacher['head'](t_final_g).reshape(G, B, -1)
         losses['loss_dino'] = self.dino_loss(s_logits, t_logits, list(range(G + L)),
                                              list(range(G)))
+        # collapse diagnostics (logged, not optimised: the keys hold no 'loss')
+        stats = getattr(self.dino_loss, 'last_stats', {}) if self.training else {}
+        losses.update({f'dino_{k}': v for k, v in stats.items()})
 
         for i in range(len(self.stage_channels)):
             s_head, t_head = self.stage_heads[i], self.teacher['stage_heads'][i]

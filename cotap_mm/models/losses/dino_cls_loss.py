@@ -5,7 +5,7 @@ https://arxiv.org/abs/2509.09429. The official CoTAP CLS terms are SwAV/Sinkhorn
 (METHOD_cotap §4); this module is the simpler DINO (https://arxiv.org/abs/2104.14294) loss, so
 that a CoTAP run keeps an image-level objective on its own.
 """
-from typing import Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -13,10 +13,53 @@ from mmpretrain.registry import MODELS
 
 from .centered_teacher_loss import CenteredTeacherLoss
 from .functional.crop_pairs import different_crop_pairs
-from .functional.teacher_centering import teacher_temperature
+from .functional.teacher_centering import teacher_collapse_stats, teacher_temperature
 
 # teacher_temperature lives in functional.teacher_centering; re-exported here (public name)
-__all__ = ['dino_cross_entropy', 'teacher_temperature', 'DINOClsLoss']
+__all__ = ['dino_distributions', 'dino_cross_entropy', 'teacher_temperature', 'DINOClsLoss']
+
+
+def dino_distributions(student_logits: torch.Tensor,
+                       teacher_logits: torch.Tensor,
+                       center: torch.Tensor,
+                       student_temp: float = 0.1,
+                       teacher_temp: float = 0.07,
+                       student_view_ids: Optional[Sequence[int]] = None,
+                       teacher_view_ids: Optional[Sequence[int]] = None
+                       ) -> Tuple[torch.Tensor, torch.Tensor, List[Tuple[int, int]]]:
+    """The two sides of the DINO loss: ``softmax((t - c) / T_t)`` (no gradient),
+    ``log_softmax(s / T_s)`` and the (teacher view, student view) pairs of different crops.
+
+    Args: as :func:`dino_cross_entropy`.
+
+    Returns:
+        tuple: teacher probabilities [Vt, B, K] and student log-probabilities [Vs, B, K]
+        (float32), and the pairs (:func:`different_crop_pairs`).
+    """
+    if student_logits.dim() != 3 or teacher_logits.dim() != 3:
+        raise ValueError('student_logits and teacher_logits must be [views, B, K], got '
+                         f'{tuple(student_logits.shape)} and {tuple(teacher_logits.shape)}')
+    if student_logits.shape[1:] != teacher_logits.shape[1:]:
+        raise ValueError('student_logits and teacher_logits must agree in [B, K], got '
+                         f'{tuple(student_logits.shape)} and {tuple(teacher_logits.shape)}')
+    if student_temp <= 0 or teacher_temp <= 0:
+        raise ValueError(f'temperatures must be > 0, got student_temp={student_temp}, '
+                         f'teacher_temp={teacher_temp}')
+    pairs = different_crop_pairs(student_logits.shape[0], teacher_logits.shape[0],
+                                 student_view_ids, teacher_view_ids, target='teacher')
+    center = center.reshape(1, 1, -1).float()
+    t_prob = F.softmax((teacher_logits.detach().float() - center) / teacher_temp, dim=-1)
+    s_logp = F.log_softmax(student_logits.float() / student_temp, dim=-1)
+    return t_prob, s_logp, pairs
+
+
+def _pair_cross_entropy(t_prob: torch.Tensor, s_logp: torch.Tensor,
+                        pairs: Sequence[Tuple[int, int]]) -> torch.Tensor:
+    """Mean over pairs of the batch-mean ``-sum_k t_k log s_k``."""
+    total = s_logp.new_zeros((), dtype=torch.float32)
+    for ti, si in pairs:
+        total = total + (-(t_prob[ti] * s_logp[si]).sum(dim=-1)).mean()
+    return total / len(pairs)
 
 
 def dino_cross_entropy(student_logits: torch.Tensor,
@@ -44,24 +87,10 @@ def dino_cross_entropy(student_logits: torch.Tensor,
     Returns:
         Tensor: scalar (float32).
     """
-    if student_logits.dim() != 3 or teacher_logits.dim() != 3:
-        raise ValueError('student_logits and teacher_logits must be [views, B, K], got '
-                         f'{tuple(student_logits.shape)} and {tuple(teacher_logits.shape)}')
-    if student_logits.shape[1:] != teacher_logits.shape[1:]:
-        raise ValueError('student_logits and teacher_logits must agree in [B, K], got '
-                         f'{tuple(student_logits.shape)} and {tuple(teacher_logits.shape)}')
-    if student_temp <= 0 or teacher_temp <= 0:
-        raise ValueError(f'temperatures must be > 0, got student_temp={student_temp}, '
-                         f'teacher_temp={teacher_temp}')
-    pairs = different_crop_pairs(student_logits.shape[0], teacher_logits.shape[0],
-                                 student_view_ids, teacher_view_ids, target='teacher')
-    center = center.reshape(1, 1, -1).float()
-    t_prob = F.softmax((teacher_logits.detach().float() - center) / teacher_temp, dim=-1)
-    s_logp = F.log_softmax(student_logits.float() / student_temp, dim=-1)
-    total = student_logits.new_zeros((), dtype=torch.float32)
-    for ti, si in pairs:
-        total = total + (-(t_prob[ti] * s_logp[si]).sum(dim=-1)).mean()
-    return total / len(pairs)
+    t_prob, s_logp, pairs = dino_distributions(student_logits, teacher_logits, center,
+                                               student_temp, teacher_temp, student_view_ids,
+                                               teacher_view_ids)
+    return _pair_cross_entropy(t_prob, s_logp, pairs)
 
 
 @MODELS.register_module()
@@ -92,6 +121,12 @@ class DINOClsLoss(CenteredTeacherLoss):
 
     ``forward(student_logits [Vs, B, K], teacher_logits [Vt, B, K], student_view_ids=None,
     teacher_view_ids=None) -> scalar``.
+
+    After each training forward, ``last_stats`` holds DINO's collapse diagnostics of that batch
+    (:func:`~cotap_mm.models.losses.functional.teacher_centering.teacher_collapse_stats`:
+    ``teacher_entropy``, ``teacher_marginal_entropy``, ``kl``); the DINO and SCFS algorithms put
+    them in the MMEngine log as ``dino_teacher_entropy`` etc. A per-sample teacher entropy near
+    ``ln K`` with a KL near 0 is DINO's collapse to the uniform output.
     """
 
     def __init__(self,
@@ -104,6 +139,7 @@ class DINOClsLoss(CenteredTeacherLoss):
                  loss_weight: float = 1.0) -> None:
         super().__init__(out_dim, student_temp, teacher_temp, warmup_teacher_temp, warmup_iters,
                          center_momentum, loss_weight)
+        self.last_stats: Dict[str, torch.Tensor] = {}
 
     def forward(self,
                 student_logits: torch.Tensor,
@@ -113,9 +149,12 @@ class DINOClsLoss(CenteredTeacherLoss):
         if student_logits.shape[-1] != self.out_dim or teacher_logits.shape[-1] != self.out_dim:
             raise ValueError(f'logits must have last dimension out_dim={self.out_dim}, got '
                              f'{tuple(student_logits.shape)} and {tuple(teacher_logits.shape)}')
-        loss = dino_cross_entropy(student_logits, teacher_logits, self.center, self.student_temp,
-                                  self.current_teacher_temp(), student_view_ids, teacher_view_ids)
+        t_prob, s_logp, pairs = dino_distributions(student_logits, teacher_logits, self.center,
+                                                   self.student_temp, self.current_teacher_temp(),
+                                                   student_view_ids, teacher_view_ids)
+        loss = _pair_cross_entropy(t_prob, s_logp, pairs)
         if self.training:
+            self.last_stats = teacher_collapse_stats(t_prob, s_logp, pairs)
             self.update_center(teacher_logits)
             self.num_updates.add_(1)
         return self.loss_weight * loss

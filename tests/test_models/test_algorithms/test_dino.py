@@ -93,6 +93,11 @@ def test_trains_with_tools_train(tmp_path):
     ])
     rows = logged_loss_rows(tmp_path)
     assert len(rows) == 2 and all(math.isfinite(r['loss_dino']) for r in rows)
+    # DINO's collapse diagnostics are logged beside the loss, and not added to it
+    for r in rows:
+        assert 0 <= r['dino_teacher_entropy'] <= math.log(32) + 1e-4
+        assert 0 <= r['dino_teacher_marginal_entropy'] <= math.log(32) + 1e-4
+        assert r['dino_kl'] >= 0 and r['loss'] == pytest.approx(r['loss_dino'], rel=1e-4)
     sd = torch.load(str(tmp_path / 'iter_2.pth'), map_location='cpu',
                     weights_only=False)['state_dict']
     assert bool(sd['teacher_initialized'])
