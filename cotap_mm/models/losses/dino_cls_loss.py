@@ -13,10 +13,15 @@ from mmpretrain.registry import MODELS
 
 from .centered_teacher_loss import CenteredTeacherLoss
 from .functional.crop_pairs import different_crop_pairs
+from .functional.sinkhorn import sinkhorn_knopp
 from .functional.teacher_centering import teacher_collapse_stats, teacher_temperature
 
 # teacher_temperature lives in functional.teacher_centering; re-exported here (public name)
-__all__ = ['dino_distributions', 'dino_cross_entropy', 'teacher_temperature', 'DINOClsLoss']
+__all__ = ['CENTERINGS', 'dino_distributions', 'dino_cross_entropy', 'teacher_temperature',
+           'DINOClsLoss']
+
+#: How the teacher targets are made: DINO's EMA centre, or DINOv2's Sinkhorn-Knopp.
+CENTERINGS = ('ema', 'sinkhorn_knopp')
 
 
 def dino_distributions(student_logits: torch.Tensor,
@@ -25,12 +30,20 @@ def dino_distributions(student_logits: torch.Tensor,
                        student_temp: float = 0.1,
                        teacher_temp: float = 0.07,
                        student_view_ids: Optional[Sequence[int]] = None,
-                       teacher_view_ids: Optional[Sequence[int]] = None
+                       teacher_view_ids: Optional[Sequence[int]] = None,
+                       centering: str = 'ema',
+                       sinkhorn_iters: int = 3
                        ) -> Tuple[torch.Tensor, torch.Tensor, List[Tuple[int, int]]]:
-    """The two sides of the DINO loss: ``softmax((t - c) / T_t)`` (no gradient),
+    """The two sides of the DINO loss: the teacher targets (no gradient),
     ``log_softmax(s / T_s)`` and the (teacher view, student view) pairs of different crops.
 
-    Args: as :func:`dino_cross_entropy`.
+    Teacher targets: ``centering='ema'`` (DINO): ``softmax((t - c) / T_t)``;
+    ``'sinkhorn_knopp'`` (DINOv2, https://arxiv.org/abs/2304.07193, ``sinkhorn_knopp_teacher``):
+    :func:`sinkhorn_knopp` of the teacher logits of all Vt * B global crops (all processes) with
+    ``epsilon = T_t`` and ``sinkhorn_iters`` iterations; ``center`` is not used.
+
+    Args: as :func:`dino_cross_entropy`, plus ``centering`` (one of :data:`CENTERINGS`,
+    defaults to 'ema') and ``sinkhorn_iters`` (defaults to 3, DINOv2's).
 
     Returns:
         tuple: teacher probabilities [Vt, B, K] and student log-probabilities [Vs, B, K]
@@ -47,8 +60,15 @@ def dino_distributions(student_logits: torch.Tensor,
                          f'teacher_temp={teacher_temp}')
     pairs = different_crop_pairs(student_logits.shape[0], teacher_logits.shape[0],
                                  student_view_ids, teacher_view_ids, target='teacher')
-    center = center.reshape(1, 1, -1).float()
-    t_prob = F.softmax((teacher_logits.detach().float() - center) / teacher_temp, dim=-1)
+    if centering == 'ema':
+        center = center.reshape(1, 1, -1).float()
+        t_prob = F.softmax((teacher_logits.detach().float() - center) / teacher_temp, dim=-1)
+    elif centering == 'sinkhorn_knopp':
+        t_prob = sinkhorn_knopp(teacher_logits.reshape(-1, teacher_logits.shape[-1]),
+                                epsilon=teacher_temp, iters=sinkhorn_iters)
+        t_prob = t_prob.reshape(teacher_logits.shape)
+    else:
+        raise ValueError(f'centering must be one of {CENTERINGS}, got {centering!r}')
     s_logp = F.log_softmax(student_logits.float() / student_temp, dim=-1)
     return t_prob, s_logp, pairs
 
@@ -118,6 +138,12 @@ class DINOClsLoss(CenteredTeacherLoss):
         warmup_iters (int): Defaults to 0 (no warm-up; CoTAP post-pretrains a trained DINO).
         center_momentum (float): Defaults to 0.9.
         loss_weight (float): Defaults to 1.0.
+        centering (str): 'ema' (DINO, default) or 'sinkhorn_knopp' (DINOv2's teacher targets:
+            Sinkhorn-Knopp with ``epsilon`` = the teacher temperature; the centre is then neither
+            used nor updated). See :func:`dino_distributions`. Our addition: DINO does not have
+            it; it is an option for small batches (docs/benchmarks.md, "The DINO start
+            collapses").
+        sinkhorn_iters (int): Sinkhorn iterations for 'sinkhorn_knopp'. Defaults to 3.
 
     ``forward(student_logits [Vs, B, K], teacher_logits [Vt, B, K], student_view_ids=None,
     teacher_view_ids=None) -> scalar``.
@@ -136,9 +162,18 @@ class DINOClsLoss(CenteredTeacherLoss):
                  warmup_teacher_temp: float = 0.04,
                  warmup_iters: int = 0,
                  center_momentum: float = 0.9,
-                 loss_weight: float = 1.0) -> None:
+                 loss_weight: float = 1.0,
+                 centering: str = 'ema',
+                 sinkhorn_iters: int = 3) -> None:
         super().__init__(out_dim, student_temp, teacher_temp, warmup_teacher_temp, warmup_iters,
                          center_momentum, loss_weight)
+        if centering not in CENTERINGS:
+            raise ValueError(f'centering must be one of {CENTERINGS}, got {centering!r}')
+        if isinstance(sinkhorn_iters, bool) or not isinstance(sinkhorn_iters, int) \
+                or sinkhorn_iters < 1:
+            raise ValueError(f'sinkhorn_iters must be an int >= 1, got {sinkhorn_iters!r}')
+        self.centering = centering
+        self.sinkhorn_iters = sinkhorn_iters
         self.last_stats: Dict[str, torch.Tensor] = {}
 
     def forward(self,
@@ -151,10 +186,12 @@ class DINOClsLoss(CenteredTeacherLoss):
                              f'{tuple(student_logits.shape)} and {tuple(teacher_logits.shape)}')
         t_prob, s_logp, pairs = dino_distributions(student_logits, teacher_logits, self.center,
                                                    self.student_temp, self.current_teacher_temp(),
-                                                   student_view_ids, teacher_view_ids)
+                                                   student_view_ids, teacher_view_ids,
+                                                   self.centering, self.sinkhorn_iters)
         loss = _pair_cross_entropy(t_prob, s_logp, pairs)
         if self.training:
             self.last_stats = teacher_collapse_stats(t_prob, s_logp, pairs)
-            self.update_center(teacher_logits)
+            if self.centering == 'ema':
+                self.update_center(teacher_logits)
             self.num_updates.add_(1)
         return self.loss_weight * loss

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from cotap_mm.models.losses.dino_cls_loss import (DINOClsLoss, dino_cross_entropy,
-                                                  teacher_temperature)
+                                                  dino_distributions, teacher_temperature)
 from cotap_mm.models.losses.functional import teacher_collapse_stats
 
 
@@ -140,3 +140,46 @@ def test_loss_module_keeps_collapse_stats_of_training_batches():
     loss.eval()
     loss(torch.randn(3, 5, 4), torch.randn(2, 5, 4))  # evaluation batches are not recorded
     assert all(torch.equal(before[k], loss.last_stats[k]) for k in before)
+
+
+def _numpy_sinkhorn(scores, eps, iters):
+    """SwAV / DINOv2 Sinkhorn-Knopp, written out independently in numpy."""
+    import numpy as np
+    q = np.exp((scores - scores.max()) / eps).T  # [K, N]
+    q /= q.sum()
+    K, N = q.shape
+    for _ in range(iters):
+        q /= q.sum(axis=1, keepdims=True)
+        q /= K
+        q /= q.sum(axis=0, keepdims=True)
+        q /= N
+    return (q * N).T
+
+
+def test_sinkhorn_knopp_centering_matches_numpy_reference():
+    import numpy as np
+    torch.manual_seed(2)
+    s, t = torch.randn(4, 6, 5), torch.randn(2, 6, 5) * 0.3
+    loss = DINOClsLoss(out_dim=5, teacher_temp=0.05, centering='sinkhorn_knopp', sinkhorn_iters=3)
+    got = loss(s, t)
+    q = torch.from_numpy(_numpy_sinkhorn(t.reshape(12, 5).double().numpy(), 0.05, 3)).float()
+    q = q.reshape(2, 6, 5)
+    logp = torch.log_softmax(s / 0.1, -1)
+    expected = torch.stack([-(q[a] * logp[b]).sum(-1).mean() for a in range(2) for b in range(4)
+                            if a != b]).mean()
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
+    assert torch.equal(loss.center, torch.zeros(1, 5))  # no EMA centre in this mode
+    assert int(loss.num_updates) == 1
+    # with enough iterations the targets use every prototype equally over the batch
+    q = _numpy_sinkhorn(t.reshape(12, 5).double().numpy(), 0.05, 50)
+    np.testing.assert_allclose(q.sum(axis=0), np.full(5, 12 / 5), rtol=1e-3)
+
+
+def test_bad_centering():
+    with pytest.raises(ValueError, match='centering'):
+        DINOClsLoss(out_dim=4, centering='mean')
+    with pytest.raises(ValueError, match='sinkhorn_iters'):
+        DINOClsLoss(out_dim=4, centering='sinkhorn_knopp', sinkhorn_iters=0)
+    with pytest.raises(ValueError, match='centering'):
+        dino_distributions(torch.randn(2, 2, 4), torch.randn(2, 2, 4), torch.zeros(4),
+                           centering='batch')
