@@ -17,6 +17,7 @@ from mmpretrain.registry import MODELS
 from mmpretrain.structures import DataSample
 
 from ..backbones.cotap_vit import foreground_mask
+from ..losses.dino_cls_loss import collapse_log_vars
 from ..losses.functional.cluster_prediction import soft_cross_entropy
 from ..losses.functional.sinkhorn import sinkhorn_knopp
 from ..necks.prototype_ops import pool_bank_samples
@@ -193,7 +194,9 @@ class CoTAP(TeacherStudentMixin, BaseSelfSupervisor):
       (``cls_neighbor_loss``, :class:`ClsNeighborLoss`, student temperature 0.2).
     * ``loss_cls`` (optional, off in the paper configs): DINO self-distillation on the CLS head
       (``cls_loss``, :class:`DINOClsLoss`): student CLS-head outputs of all V crops vs the
-      teacher's of the global crops (pairs of different crops).
+      teacher's of the global crops (pairs of different crops). When on, its collapse diagnostics
+      are logged (not summed) as ``cls_teacher_entropy``, ``cls_teacher_marginal_entropy`` and
+      ``cls_kl`` (:func:`collapse_log_vars`).
     * ``loss_proto_entropy`` (§3): the student keeps a FIFO bank (buffer ``proto_bank`` [bank_size,
       C, K, K]) of :func:`pool_bank_samples` of the patch tokens entering the last block (global
       student crops, ``bank_samples_per_step`` random ones per step, detached). When the bank is
@@ -730,6 +733,7 @@ class CoTAP(TeacherStudentMixin, BaseSelfSupervisor):
                         t_logits = self.teacher['cls_head'](t_cls_c)
                     losses['loss_cls'] = self.cls_loss(s_logits, t_logits, list(range(Vc)),
                                                        list(range(G)))
+                    losses.update(collapse_log_vars(self.cls_loss, 'cls_'))  # logged only
             if use_codes:
                 codes = None
                 with torch.no_grad():

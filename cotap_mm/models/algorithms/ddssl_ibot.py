@@ -14,6 +14,7 @@ from mmpretrain.models.selfsup.base import BaseSelfSupervisor
 from mmpretrain.registry import MODELS
 from mmpretrain.structures import DataSample
 
+from ..losses.dino_cls_loss import collapse_log_vars
 from .ddssl_ops import (DecouplingBatch, DecouplingBranch, DepositioningBranch, box_pool_tokens,
                         encode_with_edits, masks_from_data_samples)
 from .module_builder import build_module
@@ -48,6 +49,8 @@ class DDSSLiBOT(TeacherStudentMixin, BaseSelfSupervisor):
 
     * ``loss_cls``: ``cls_loss`` (:class:`DINOClsLoss`) of the student [CLS] outputs of all views
       (global views masked) against the teacher's of the global views, pairs of different views.
+      Its collapse diagnostics are logged (not summed) as ``cls_teacher_entropy``,
+      ``cls_teacher_marginal_entropy`` and ``cls_kl`` (:func:`collapse_log_vars`).
     * ``loss_patch``: ``patch_loss`` (:class:`IBOTPatchLoss`) of student patch outputs vs the
       teacher's at the same positions of the same view, on the masked tokens.
     * ``loss_dc`` (``decoupling`` set): :class:`DecouplingBranch` samples (``prob`` * B extra per
@@ -249,6 +252,7 @@ class DDSSLiBOT(TeacherStudentMixin, BaseSelfSupervisor):
             losses['loss_depos'] = self._depos_term(dp_batches, s_tokens, t_tokens, hw, B, e)
         losses['loss_cls'] = self.cls_loss(s_cls_logits, t_cls_logits.reshape(G, B, -1),
                                            list(range(len(views))), list(range(G)))
+        losses.update(collapse_log_vars(self.cls_loss, 'cls_'))  # logged, not summed
         losses['loss_patch'] = self.patch_loss(s_normal, t_patch_logits, masks.reshape(G, B, N))
         return losses
 

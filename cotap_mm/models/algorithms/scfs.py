@@ -14,6 +14,7 @@ from mmpretrain.models.selfsup.base import BaseSelfSupervisor
 from mmpretrain.registry import MODELS
 from mmpretrain.structures import DataSample
 
+from ..losses.dino_cls_loss import collapse_log_vars
 from .module_builder import build_module
 from .scfs_ops import SEARCH_WEIGHTINGS, feature_search
 from .teacher_student import TeacherStudentMixin
@@ -317,8 +318,7 @@ class SCFS(TeacherStudentMixin, BaseSelfSupervisor):
         losses['loss_dino'] = self.dino_loss(s_logits, t_logits, list(range(G + L)),
                                              list(range(G)))
         # collapse diagnostics (logged, not optimised: the keys hold no 'loss')
-        stats = getattr(self.dino_loss, 'last_stats', {}) if self.training else {}
-        losses.update({f'dino_{k}': v for k, v in stats.items()})
+        losses.update(collapse_log_vars(self.dino_loss, 'dino_'))
 
         for i in range(len(self.stage_channels)):
             s_head, t_head = self.stage_heads[i], self.teacher['stage_heads'][i]

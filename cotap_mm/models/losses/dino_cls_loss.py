@@ -18,7 +18,7 @@ from .functional.teacher_centering import teacher_collapse_stats, teacher_temper
 
 # teacher_temperature lives in functional.teacher_centering; re-exported here (public name)
 __all__ = ['CENTERINGS', 'dino_distributions', 'dino_cross_entropy', 'teacher_temperature',
-           'DINOClsLoss']
+           'DINOClsLoss', 'collapse_log_vars']
 
 #: How the teacher targets are made: DINO's EMA centre, or DINOv2's Sinkhorn-Knopp.
 CENTERINGS = ('ema', 'sinkhorn_knopp')
@@ -195,3 +195,13 @@ class DINOClsLoss(CenteredTeacherLoss):
                 self.update_center(teacher_logits)
             self.num_updates.add_(1)
         return self.loss_weight * loss
+
+
+def collapse_log_vars(loss: torch.nn.Module, prefix: str) -> Dict[str, torch.Tensor]:
+    """``loss.last_stats`` (DINO's collapse diagnostics of the last training batch) with
+    ``prefix`` on the keys, for an algorithm's returned dict: MMEngine logs every entry but sums
+    only keys holding ``'loss'``, and none of these do. ``{}`` for a module in eval mode or
+    without ``last_stats`` (another loss type configured in its place)."""
+    if not loss.training:
+        return {}
+    return {f'{prefix}{k}': v for k, v in getattr(loss, 'last_stats', {}).items()}

@@ -67,11 +67,13 @@ def test_loss_terms_finite_with_gradients():
     model = _build()
     views, samples = _batch()
     losses = model.loss(views, samples)
-    assert set(losses) == {'loss_cls', 'loss_patch', 'loss_dc', 'loss_depos'}
+    logged = {'cls_teacher_entropy', 'cls_teacher_marginal_entropy', 'cls_kl'}
+    assert set(losses) == {'loss_cls', 'loss_patch', 'loss_dc', 'loss_depos'} | logged
     for k, v in losses.items():
         assert v.dim() == 0 and math.isfinite(v.item()), k
+    assert not any(losses[k].requires_grad for k in logged)  # logged, not optimised
     assert losses['loss_dc'].item() > 0 and losses['loss_depos'].item() > 0
-    sum(losses.values()).backward()
+    sum(v for k, v in losses.items() if 'loss' in k).backward()
     assert model.mask_token.grad is not None and model.mask_token.grad.abs().sum() > 0
     assert model.backbone.patch_embed.projection.weight.grad.abs().sum() > 0
     assert model.cls_head.weight_v.grad.abs().sum() > 0
@@ -117,7 +119,8 @@ def test_decoupling_rows_skip_the_cls_loss_and_use_kept_tokens():
     assert int(model.patch_loss.num_updates) == 1
 
     no_dc = _build(decoupling=None, depositioning=None)
-    assert set(no_dc.loss(views, samples)) == {'loss_cls', 'loss_patch'}
+    assert set(no_dc.loss(views, samples)) == {'loss_cls', 'loss_patch', 'cls_teacher_entropy',
+                                               'cls_teacher_marginal_entropy', 'cls_kl'}
 
 
 def test_student_rows_match_edited_forward():
