@@ -19,7 +19,7 @@ from mmpretrain.structures import DataSample
 from ..backbones.cotap_vit import foreground_mask
 from ..losses.dino_cls_loss import collapse_log_vars
 from ..losses.functional.cluster_prediction import soft_cross_entropy
-from ..losses.functional.sinkhorn import sinkhorn_knopp
+from ..losses.functional.sinkhorn import mean_code_entropy, sinkhorn_knopp
 from ..necks.prototype_ops import pool_bank_samples
 from .ddssl_ops import (DecouplingBatch, DecouplingBranch, DepositioningBatch,
                         DepositioningBranch, box_pool_tokens, forward_pre_last_with_edits,
@@ -205,6 +205,10 @@ class CoTAP(TeacherStudentMixin, BaseSelfSupervisor):
       copied into the teacher's neck. Then ``proto_loss`` (:class:`PrototypeEntropyLoss`) of the
       student prototypes against the bank each step (0 x prototypes before initialisation, so
       the parameter always takes part in the graph).
+    * Logged only (no ``loss`` in the key, so not summed), on training batches once the Sinkhorn
+      terms run: ``patch_code_entropy`` and ``cls_code_entropy``, the mean entropy of the patch
+      (foreground cells) and CLS Sinkhorn codes (:func:`mean_code_entropy`). Near ``ln K`` the
+      clustering terms train towards even spreads over the prototypes, i.e. carry no signal.
 
     **Start of the clustering terms.** Official: "queues / Sinkhorn only start after the first
     step". The buffer ``loss_iter`` counts ``loss()`` calls; while it is below
@@ -712,6 +716,8 @@ class CoTAP(TeacherStudentMixin, BaseSelfSupervisor):
                 losses['loss_patch_cluster'], patch_codes = self._patch_cluster_term(
                     s_scores, s_local_patch, t_z, t_w, fg_p, (h, w), student_views,
                     data_samples, p_idx, clustering, zero)
+                if patch_codes is not None and self.training:  # logged, not summed
+                    losses['patch_code_entropy'] = mean_code_entropy(patch_codes, dim=2)
 
         # ---- de-coupling / de-positioning terms (patch sub-batch)
         if ddssl is not None:
@@ -745,6 +751,8 @@ class CoTAP(TeacherStudentMixin, BaseSelfSupervisor):
                                                          G, bc, weight.shape[0])
                     if self.cls_queue is not None:
                         self.cls_queue.enqueue(flat)
+                if codes is not None and self.training:  # logged, not summed
+                    losses['cls_code_entropy'] = mean_code_entropy(codes)
                 if on['cls_cluster_loss']:
                     losses['loss_cls_cluster'] = (
                         self.cls_cluster_loss(s_logits, codes, list(range(Vc)), list(range(G)))

@@ -19,6 +19,7 @@ TINY = osp.join(REPO, 'configs/cotap/cotap_vit-tiny-p8_1xb8-demo_synthetic.py')
 FULL_KEYS = {'loss_cotap', 'loss_patch_cluster', 'loss_cls_cluster', 'loss_cls_neighbor',
              'loss_proto_entropy'}
 CLUSTER_KEYS = ('loss_patch_cluster', 'loss_cls_cluster', 'loss_cls_neighbor')
+CODE_KEYS = {'patch_code_entropy', 'cls_code_entropy'}  # logged once Sinkhorn runs, not summed
 NO_NEW_TERMS = dict(patch_cluster_loss=None, cls_cluster_loss=None, cls_neighbor_loss=None)
 
 
@@ -73,10 +74,13 @@ def test_loss_finite_and_gradients():
         assert first[key].item() == 0.0 and first[key].requires_grad, key
     assert len(model.patch_queue) > 0 and len(model.cls_queue) == 2 * 4
     losses = model.loss(inputs, samples)
-    assert set(losses) == FULL_KEYS and int(model.loss_iter) == 2
+    assert set(losses) == FULL_KEYS | CODE_KEYS and int(model.loss_iter) == 2
     assert all(torch.isfinite(v) and v.dim() == 0 for v in losses.values())
     for key in CLUSTER_KEYS:
         assert losses[key].item() > 0, key
+    for key, k in (('patch_code_entropy', model.patch_head.num_prototypes),
+                   ('cls_code_entropy', model.cls_head.num_prototypes)):
+        assert 0 < losses[key].item() <= math.log(k) + 1e-4 and not losses[key].requires_grad
 
     # all terms: reach the backbone and heads, not the teacher, not the prototypes
     model.zero_grad()
@@ -108,7 +112,7 @@ def test_local_crops_feed_the_patch_cluster_term():
                    cls_neighbor_loss=None, cluster_start_iter=0)
     inputs, samples = _batch()
     losses = model.loss(inputs, samples)
-    assert set(losses) == {'loss_patch_cluster'}
+    assert set(losses) == {'loss_patch_cluster', 'patch_code_entropy'}
     local = inputs[2].clone().requires_grad_(True)  # first local student crop
     inputs = inputs[:2] + [local] + inputs[3:]
     torch.manual_seed(0)
@@ -161,7 +165,7 @@ def test_sources_route_samples_to_their_terms(monkeypatch):
         return {k: v.item() for k, v in model.loss(x, samples).items()}
 
     base = run(inputs)
-    assert set(base) == FULL_KEYS - {'loss_proto_entropy'}
+    assert set(base) == (FULL_KEYS - {'loss_proto_entropy'}) | CODE_KEYS
     new_in = run(_perturb(inputs, imnet, 1))
     new_coco = run(_perturb(inputs, coco, 2))
     for key in ('loss_cotap', 'loss_patch_cluster'):

@@ -7,7 +7,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from cotap_mm.models.losses.functional import sinkhorn_knopp
+from cotap_mm.models.losses.functional import mean_code_entropy, sinkhorn_knopp
 
 
 def _reference(scores: np.ndarray, eps: float, iters: int) -> np.ndarray:
@@ -110,3 +110,21 @@ def test_distributed_equals_joint_problem():
     torch.testing.assert_close(torch.cat([out[0], out[1]]), joint, rtol=1e-5, atol=1e-7)
     # a process-local solve differs: the all-reduce matters
     assert not torch.allclose(sinkhorn_knopp(parts[0], epsilon=0.1, iters=3), joint[:7])
+
+
+def test_mean_code_entropy():
+    K = 6
+    uniform = torch.full((4, K), 1.0 / K)
+    assert mean_code_entropy(uniform).item() == pytest.approx(math.log(K))
+    one_hot = torch.eye(K)[:4]
+    assert mean_code_entropy(one_hot).item() == pytest.approx(0.0, abs=1e-6)
+    # all-zero items (background cells) are skipped; K along another dimension
+    mixed = torch.stack([uniform[0], torch.zeros(K), one_hot[1]])  # [3, K]
+    assert mean_code_entropy(mixed).item() == pytest.approx(math.log(K) / 2)
+    maps = mixed.t().reshape(1, K, 3, 1)  # [1, K, h=3, w=1]
+    assert mean_code_entropy(maps, dim=1).item() == pytest.approx(math.log(K) / 2)
+    # one item by hand, unnormalised codes are renormalised
+    q = torch.tensor([[2.0, 1.0, 1.0]])
+    ref = -sum(p * math.log(p) for p in (0.5, 0.25, 0.25))
+    assert mean_code_entropy(q).item() == pytest.approx(ref)
+    assert mean_code_entropy(torch.zeros(2, K)).item() == 0.0

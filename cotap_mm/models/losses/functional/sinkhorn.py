@@ -10,7 +10,7 @@ from typing import Optional
 import torch
 from mmengine.dist import all_reduce, get_world_size
 
-__all__ = ['sinkhorn_knopp']
+__all__ = ['sinkhorn_knopp', 'mean_code_entropy']
 
 
 @torch.no_grad()
@@ -88,3 +88,30 @@ def sinkhorn_knopp(scores: torch.Tensor,
             q /= n_total
         q *= n_total
         return q.t().contiguous()
+
+
+@torch.no_grad()
+def mean_code_entropy(codes: torch.Tensor, dim: int = -1) -> torch.Tensor:
+    """Mean entropy (nats) of the code distributions along ``dim``: how decided the cluster
+    assignments that a clustering term trains towards are.
+
+    Sinkhorn codes always use every prototype equally over the batch, so their per-item entropy
+    is what shows whether they carry a signal: ``ln K`` means every item is spread evenly over all
+    prototypes (the term then teaches nothing), 0 means hard assignments. Items whose codes are
+    all zero (CoTAP's background cells) are skipped; each other item is renormalised to sum 1.
+
+    Args:
+        codes (Tensor): [..., K, ...] non-negative codes, K along ``dim``.
+        dim (int): prototype dimension. Defaults to -1.
+
+    Returns:
+        Tensor: float32 scalar; 0 when no item has codes.
+    """
+    q = codes.detach().float().movedim(dim, -1)
+    q = q.reshape(-1, q.shape[-1])
+    mass = q.sum(dim=-1)
+    keep = mass > 1e-6
+    if not bool(keep.any()):
+        return q.new_zeros(())
+    q = q[keep] / mass[keep, None]
+    return -(q * q.clamp_min(1e-12).log()).sum(dim=-1).mean()
