@@ -190,7 +190,7 @@ class DINOClsLoss(CenteredTeacherLoss):
                                                    self.centering, self.sinkhorn_iters)
         loss = _pair_cross_entropy(t_prob, s_logp, pairs)
         if self.training:
-            self.last_stats = teacher_collapse_stats(t_prob, s_logp, pairs)
+            self.last_stats = teacher_collapse_stats(t_prob, pairs, loss)
             if self.centering == 'ema':
                 self.update_center(teacher_logits)
             self.num_updates.add_(1)

@@ -88,12 +88,23 @@ def _entropy(p):
     return -sum(v * math.log(v) for v in p if v > 0)
 
 
+def _cross_entropy(t, s_logp, pairs):
+    """The unweighted DINO loss by hand: mean over pairs of the batch-mean -sum t log s."""
+    B, K = t.shape[1:]
+    return torch.tensor(sum(-sum(t[a, i, k].item() * s_logp[b, i, k].item() for k in range(K)) / B
+                            for a, b in pairs for i in range(B)) / len(pairs))
+
+
+def _stats(t, s_logp, pairs):
+    return teacher_collapse_stats(t, pairs, _cross_entropy(t, s_logp, pairs))
+
+
 def test_collapse_stats_match_hand_computation():
     torch.manual_seed(1)
     t = torch.softmax(torch.randn(2, 3, 4) * 2, -1)
     s = torch.log_softmax(torch.randn(3, 3, 4), -1)
     pairs = [(0, 1), (0, 2), (1, 0), (1, 2)]
-    got = teacher_collapse_stats(t, s, pairs)
+    got = _stats(t, s, pairs)
     rows = [[t[v, i, k].item() for k in range(4)] for v in range(2) for i in range(3)]
     assert got['teacher_entropy'].item() == pytest.approx(sum(map(_entropy, rows)) / 6, rel=1e-5)
     marginal = [sum(r[k] for r in rows) / 6 for k in range(4)]
@@ -107,18 +118,18 @@ def test_collapse_stats_tell_the_two_collapses_apart():
     """DINO Sec. 5.3: uniform collapse -> entropy ln K; one-dimension collapse -> 0 and 0."""
     K, B = 8, 16
     log_uniform = torch.full((2, B, K), -math.log(K))
-    uniform = teacher_collapse_stats(log_uniform.exp(), log_uniform, [(0, 1), (1, 0)])
+    uniform = _stats(log_uniform.exp(), log_uniform, [(0, 1), (1, 0)])
     assert uniform['teacher_entropy'].item() == pytest.approx(math.log(K))
     assert uniform['teacher_marginal_entropy'].item() == pytest.approx(math.log(K))
     assert uniform['kl'].item() == pytest.approx(0.0, abs=1e-6)
     one_dim = torch.zeros(2, B, K)
     one_dim[..., 3] = 1.0
-    dim_stats = teacher_collapse_stats(one_dim, log_uniform, [(0, 1), (1, 0)])
+    dim_stats = _stats(one_dim, log_uniform, [(0, 1), (1, 0)])
     assert dim_stats['teacher_entropy'].item() == pytest.approx(0.0, abs=1e-6)
     assert dim_stats['teacher_marginal_entropy'].item() == pytest.approx(0.0, abs=1e-6)
     # healthy: every sample confident, samples spread over all prototypes
     healthy = torch.eye(K).repeat(2, B // K, 1)
-    ok = teacher_collapse_stats(healthy, log_uniform, [(0, 1), (1, 0)])
+    ok = _stats(healthy, log_uniform, [(0, 1), (1, 0)])
     assert ok['teacher_entropy'].item() == pytest.approx(0.0, abs=1e-6)
     assert ok['teacher_marginal_entropy'].item() == pytest.approx(math.log(K))
     assert ok['kl'].item() == pytest.approx(math.log(K))  # the uniform student is far from it
@@ -131,8 +142,13 @@ def test_loss_module_keeps_collapse_stats_of_training_batches():
     s, t = torch.randn(3, 5, 4), torch.randn(2, 5, 4)
     loss(s, t)
     t_prob = torch.softmax(t / 0.05, -1)  # the centre was still 0
-    expected = teacher_collapse_stats(t_prob, torch.log_softmax(s / 0.1, -1),
-                                      [(0, 1), (0, 2), (1, 0), (1, 2)])
+    s_logp, pairs = torch.log_softmax(s / 0.1, -1), [(0, 1), (0, 2), (1, 0), (1, 2)]
+    marginal = t_prob.reshape(-1, 4).mean(0)
+    expected = dict(  # written out independently of teacher_collapse_stats
+        teacher_entropy=-(t_prob * t_prob.log()).sum(-1).mean(),
+        teacher_marginal_entropy=-(marginal * marginal.log()).sum(),
+        kl=torch.stack([(t_prob[a] * (t_prob[a].log() - s_logp[b])).sum(-1).mean()
+                        for a, b in pairs]).mean())
     assert set(loss.last_stats) == set(expected)
     for key, val in expected.items():
         torch.testing.assert_close(loss.last_stats[key], val)

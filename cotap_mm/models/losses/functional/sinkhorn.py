@@ -109,9 +109,8 @@ def mean_code_entropy(codes: torch.Tensor, dim: int = -1) -> torch.Tensor:
     """
     q = codes.detach().float().movedim(dim, -1)
     q = q.reshape(-1, q.shape[-1])
-    mass = q.sum(dim=-1)
-    keep = mass > 1e-6
-    if not bool(keep.any()):
-        return q.new_zeros(())
-    q = q[keep] / mass[keep, None]
-    return -(q * q.clamp_min(1e-12).log()).sum(dim=-1).mean()
+    mass = q.sum(dim=-1, keepdim=True)
+    keep = (mass[:, 0] > 1e-6).float()  # weights, not indexing: no host sync on the hot path
+    q = q / mass.clamp_min(1e-6)
+    entropy = -(q * q.clamp_min(1e-12).log()).sum(dim=-1)
+    return (entropy * keep).sum() / keep.sum().clamp_min(1.0)

@@ -12,6 +12,8 @@ from typing import Dict, Sequence, Tuple
 import torch
 from mmengine.dist import all_reduce
 
+from .sinkhorn import mean_code_entropy
+
 __all__ = ['teacher_temperature', 'update_center_', 'teacher_collapse_stats']
 
 
@@ -47,8 +49,8 @@ def update_center_(center: torch.Tensor, teacher_logits: torch.Tensor, momentum:
 
 
 @torch.no_grad()
-def teacher_collapse_stats(teacher_probs: torch.Tensor, student_log_probs: torch.Tensor,
-                           pairs: Sequence[Tuple[int, int]]) -> Dict[str, torch.Tensor]:
+def teacher_collapse_stats(teacher_probs: torch.Tensor, pairs: Sequence[Tuple[int, int]],
+                           cross_entropy: torch.Tensor) -> Dict[str, torch.Tensor]:
     """The collapse diagnostics of DINO's Fig. 7: teacher entropy and teacher-student KL.
 
     DINO (`arXiv 2104.14294 <https://arxiv.org/abs/2104.14294>`_, Sec. 5.3) tells its two collapse
@@ -58,10 +60,14 @@ def teacher_collapse_stats(teacher_probs: torch.Tensor, student_log_probs: torch
     batch-mean distribution. Healthy training keeps the per-sample entropy well below ``ln K``,
     the marginal entropy near ``ln K`` and the KL away from 0.
 
+    The KL is not recomputed over the pairs: ``KL(P_t || P_s) = H(P_t, P_s) - H(P_t)``, and the
+    loss already is the mean cross-entropy ``H(P_t, P_s)`` over the pairs.
+
     Args:
         teacher_probs (Tensor): [Vt, B, K] sharpened, centred teacher distributions.
-        student_log_probs (Tensor): [Vs, B, K] student log-probabilities.
         pairs (Sequence[tuple[int, int]]): ``(teacher view, student view)`` pairs of the loss.
+        cross_entropy (Tensor): the loss before its weight: mean over ``pairs`` of the
+            batch-mean ``-sum_k P_t log P_s``.
 
     Returns:
         dict[str, Tensor]: float32 scalars, on this process's batch: ``teacher_entropy`` (mean
@@ -70,11 +76,8 @@ def teacher_collapse_stats(teacher_probs: torch.Tensor, student_log_probs: torch
         samples of ``KL(P_t || P_s)``).
     """
     t = teacher_probs.detach().float()
-    s = student_log_probs.detach().float()
-    log_t = t.clamp_min(1e-12).log()
-    entropy = -(t * log_t).sum(-1).mean()
-    marginal = t.reshape(-1, t.shape[-1]).mean(0)
-    marginal_entropy = -(marginal * marginal.clamp_min(1e-12).log()).sum()
-    kl = sum((t[ti] * (log_t[ti] - s[si])).sum(-1).mean() for ti, si in pairs) / len(pairs)
-    return dict(teacher_entropy=entropy, teacher_marginal_entropy=marginal_entropy,
-                kl=torch.as_tensor(kl, dtype=torch.float32))
+    view_entropy = torch.stack([mean_code_entropy(view) for view in t])  # [Vt]
+    pair_entropy = view_entropy[[ti for ti, _ in pairs]].mean()
+    return dict(teacher_entropy=view_entropy.mean(),
+                teacher_marginal_entropy=mean_code_entropy(t.reshape(-1, t.shape[-1]).mean(0)),
+                kl=cross_entropy.detach().float() - pair_entropy)
