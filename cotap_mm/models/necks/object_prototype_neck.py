@@ -20,31 +20,29 @@ __all__ = ['ObjectPrototypeNeck']
 
 @MODELS.register_module()
 class ObjectPrototypeNeck(BaseModule):
-    """Object-aware filter of CoTAP (METHOD_cotap §3).
+    """Object-aware filter of CoTAP: the last ViT block applied again, with cross-attention to
+    learnable spatial prototypes in place of self-attention.
 
     Paper: `Semantic Concentration for Self-Supervised Dense Representations Learning
     <https://arxiv.org/abs/2509.09429>`_.
 
-    Given the tokens entering the backbone's last block and that block (shared weights), returns
-    ``concat[ordinary, filtered]`` tokens of width 2C:
+    Given the tokens entering the backbone's last block and that block (shared weights), the block
+    first runs normally, ``y = block(tokens)``; the filter then reads ``y``:
 
-    * ordinary = ``block(tokens)``.
-    * filtered: queries = ``block.attn.qkv(block.ln1(tokens))`` (q part, per head); keys / values =
-      the same ``qkv`` applied to ``norm_in(prototypes)`` (each prototype = K x K cells of C channels).
-      A patch's score for prototype m sums <q(neighbour), k_m(offset)> over its K x K neighbourhood
-      (zero padding: :func:`~cotap_mm.models.necks.prototype_ops.prototype_conv_scores`), times
-      ``scale`` (default M**-0.5, not head_dim**-0.5, as official), softmax over the M prototypes;
-      value of prototype m = its v averaged over the K x K cells. The CLS token uses keys averaged
-      over the cells (plain dot product, same ``scale``). Attention output -> ``block.attn.proj``
-      (then the block's own proj-dropout / layer-scale / drop-path, identities by default) ->
-      residual added to the block *input* tokens -> ``block.ffn(block.ln2(x), identity=x)``.
-    * outputs: ``norm_out_cls(concat)`` for CLS [B, 2C], ``norm_out_patch(concat)`` for patches.
+    * queries ``q = qkv(ln1(y))`` (q part); keys / values = the same ``qkv`` applied to
+      ``norm_in(prototypes)`` (M prototypes of K x K cells of C channels, used detached);
+    * patch scores: sum of ``<q(neighbour), k_m(offset)>`` over the K x K neighbourhood
+      (:func:`~cotap_mm.models.necks.prototype_ops.prototype_conv_scores`), times ``scale``,
+      softmax over the M prototypes; CLS scores: dot product with cell-averaged keys; values are
+      averaged over the cells;
+    * ``z = y + proj(out)`` (with the block's dropout, layer scale and drop path),
+      ``z = z + ffn(ln2(z))``;
+    * outputs ``norm_out_cls([y, z])`` [B, 2C] and ``norm_out_patch([y, z])`` [B, N, 2C].
 
-    The prototypes are used detached (official: ``self.kernel.data``): the SSL losses never reach
-    them; they are learnt only through
+    The prototypes get no gradient here; they are learnt through
     :class:`~cotap_mm.models.losses.prototype_entropy_loss.PrototypeEntropyLoss` and initialised by
-    :meth:`init_prototypes_` (k-means on a bank of pooled tokens; the algorithm calls it on rank 0
-    and broadcasts). ``prototypes_initialized`` is a bool buffer, so it is saved in checkpoints.
+    :meth:`init_prototypes_` (k-means on a bank of pooled tokens). ``prototypes_initialized`` is a
+    bool buffer saved in checkpoints. docs/cotap.md compares this module with the released code.
 
     Args:
         embed_dims (int): C, the backbone width.
@@ -52,7 +50,7 @@ class ObjectPrototypeNeck(BaseModule):
         kernel_size (int): K, odd spatial size of a prototype. Defaults to 3.
         scale (float, optional): score scale; None means ``num_prototypes ** -0.5``.
             Defaults to None.
-        norm_eps (float): eps of the three new LayerNorms. Defaults to 1e-6 (as the DINO ViT's).
+        norm_eps (float): eps of the three new LayerNorms. Defaults to 1e-6.
         init_cfg (dict, optional): mmengine init config. Defaults to None.
     """
 
@@ -134,7 +132,7 @@ class ObjectPrototypeNeck(BaseModule):
 
     def forward(self, tokens_pre_last: torch.Tensor, hw: Sequence[int],
                 block: nn.Module) -> Tuple[torch.Tensor, torch.Tensor]:
-        """Run the last block normally and filtered, concatenate, normalise.
+        """Run the last block, filter its output, concatenate both, normalise.
 
         Args:
             tokens_pre_last (Tensor): [B, 1+N, C], CLS first, patches row-major (N = h*w).
@@ -160,12 +158,12 @@ class ObjectPrototypeNeck(BaseModule):
             raise ValueError(f'embed_dims={C} is not divisible by the block heads {H}')
         d = C // H
 
-        ordinary = block(x)  # [B, 1+N, C]
+        # the filter reads the ordinary output of the block (the same weights applied twice in a row)
+        y = block(x)  # [B, 1+N, C]
 
-        y = block.ln1(x)
         wq = attn.qkv.weight[:C]
         bq = None if attn.qkv.bias is None else attn.qkv.bias[:C]
-        q = F.linear(y, wq, bq).reshape(B, L, H, d)  # [B, 1+N, H, d]
+        q = F.linear(block.ln1(y), wq, bq).reshape(B, L, H, d)  # [B, 1+N, H, d]
         k, v = self._prototype_kv(block)  # [M, H, K, K, d]
         k_mean = k.mean(dim=(2, 3))  # [M, H, d]
         v_mean = v.mean(dim=(2, 3))  # [M, H, d]
@@ -178,9 +176,9 @@ class ObjectPrototypeNeck(BaseModule):
         c_attn = (torch.einsum('bhd,mhd->bhm', q[:, 0], k_mean) * self.scale).softmax(dim=-1)
         out_cls = torch.einsum('bhm,mhd->bhd', c_attn, v_mean).reshape(B, 1, C)
 
-        z = x + self._attn_out(block, torch.cat([out_cls, out_patch], dim=1))
+        z = y + self._attn_out(block, torch.cat([out_cls, out_patch], dim=1))
         z = block.ffn(block.ln2(z), identity=z)
 
-        cls = self.norm_out_cls(torch.cat([ordinary[:, 0], z[:, 0]], dim=-1))
-        patches = self.norm_out_patch(torch.cat([ordinary[:, 1:], z[:, 1:]], dim=-1))
+        cls = self.norm_out_cls(torch.cat([y[:, 0], z[:, 0]], dim=-1))
+        patches = self.norm_out_patch(torch.cat([y[:, 1:], z[:, 1:]], dim=-1))
         return cls, patches
