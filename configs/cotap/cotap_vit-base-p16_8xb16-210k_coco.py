@@ -18,7 +18,7 @@ train_dataloader = dict(batch_size=16)
 
 max_iters = 210000
 param_scheduler = [
-    dict(type='CosineAnnealingLR', T_max=max_iters, eta_min_ratio=0.1, by_epoch=False, begin=0,
+    dict(type='CosineAnnealingLR', T_max=max_iters, eta_min=3e-6, by_epoch=False, begin=0,
          end=max_iters),
     dict(type='CosineAnnealingParamScheduler', param_name='weight_decay', T_max=max_iters,
          eta_min_ratio=10.0, by_epoch=False, begin=0, end=max_iters),

@@ -27,7 +27,7 @@ model = dict(
     patch_queue=dict(size=4096),
     cls_queue=dict(size=512),
     pool_scales=(4, 8),
-    fg_cfg=dict(keep_mass=0.6, blur_kernel=3, blur_sigma=0.6, min_component_size=2),
+    fg_cfg=dict(keep_mass=0.6, blur_kernel=3, blur_sigma=0.6, min_component_size=0),
     bank_size=128,
     bank_samples_per_step=16,
     kmeans_iters=100,
@@ -61,7 +61,8 @@ train_dataloader = dict(
 max_iters = 300
 optim_wrapper = dict(optimizer=dict(lr=1e-4))
 param_scheduler = [
-    dict(type='CosineAnnealingLR', T_max=max_iters, eta_min_ratio=0.1, by_epoch=False, begin=0,
+    # one floor for every group (heads included), 10 % of the backbone lr, as the released 3e-6
+    dict(type='CosineAnnealingLR', T_max=max_iters, eta_min=1e-5, by_epoch=False, begin=0,
          end=max_iters),
     dict(type='CosineAnnealingParamScheduler', param_name='weight_decay', T_max=max_iters,
          eta_min_ratio=10.0, by_epoch=False, begin=0, end=max_iters),

@@ -1,5 +1,5 @@
 # CoTAP optimisation (official release): AdamW, lr 3e-5 for the backbone and 10x for the heads,
-# cosine to 10 % (3e-6), no warm-up; weight decay cosine 0.024 -> 0.24 with none on norms and biases.
+# cosine to 3e-6 for every group (heads included, as released), no warm-up; weight decay cosine 0.024 -> 0.24 with none on norms and biases.
 # Configs with another length restate param_scheduler / train_cfg with their max_iters.
 max_iters = 240000
 optim_wrapper = dict(
@@ -13,7 +13,7 @@ optim_wrapper = dict(
             'cls_head': dict(lr_mult=10.0),
         }))
 param_scheduler = [
-    dict(type='CosineAnnealingLR', T_max=max_iters, eta_min_ratio=0.1, by_epoch=False, begin=0,
+    dict(type='CosineAnnealingLR', T_max=max_iters, eta_min=3e-6, by_epoch=False, begin=0,
          end=max_iters),
     # groups whose decay is 0 (norms, biases) stay at 0: the scheduler scales each group
     dict(type='CosineAnnealingParamScheduler', param_name='weight_decay', T_max=max_iters,

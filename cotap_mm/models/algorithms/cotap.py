@@ -125,153 +125,37 @@ class _DDSSLRows(NamedTuple):
 
 @MODELS.register_module()
 class CoTAP(TeacherStudentMixin, BaseSelfSupervisor):
-    """CoTAP post-pretraining of a ViT (student / EMA teacher) with the paper's full objective.
+    """CoTAP post-pretraining of a ViT: student / EMA teacher with the paper's full objective.
 
     Paper: `Semantic Concentration for Self-Supervised Dense Representations Learning
-    <https://arxiv.org/abs/2509.09429>`_. Design notes: METHOD_cotap §1-§4, §10.
+    <https://arxiv.org/abs/2509.09429>`_. docs/cotap.md describes every term, the data each one
+    reads and how this implementation compares with the released code.
 
-    **Modules.** The student is ``backbone`` (:class:`CoTAPViT`), ``neck``
-    (:class:`ObjectPrototypeNeck`, the object-aware filter re-running the backbone's last block),
-    ``patch_head`` and ``cls_head`` (:class:`DINOProjectionHead`), all registered as direct
-    submodules, so checkpoints keep mmpretrain's ``backbone.*`` keys (downstream
-    ``init_cfg=dict(type='Pretrained', prefix='backbone.')`` works). ``teacher`` is an
-    ``nn.ModuleDict`` with the same four keys (a deep copy, ``requires_grad=False``), updated by
-    :class:`~cotap_mm.engine.hooks.ema_teacher_hook.EMATeacherHook`; :attr:`student` is a
-    property returning a fresh, unregistered ``nn.ModuleDict`` view of the four student modules
-    (no duplicated state-dict keys; ``EMATeacherHook(student_name='student')`` finds it through
-    ``get_submodule``). The bool buffer ``teacher_initialized`` tells the hook whether the teacher
-    was already copied (saved in checkpoints).
+    The student is ``backbone`` (:class:`CoTAPViT`) + ``neck`` (:class:`ObjectPrototypeNeck`,
+    2C-dim tokens) + ``patch_head`` / ``cls_head`` (:class:`DINOProjectionHead`); ``teacher`` is a
+    ``ModuleDict`` copy with the same keys, updated by :class:`EMATeacherHook`. ``inputs`` are V
+    student views (G global crops first) followed by the teacher's clean views
+    (``data_samples[i].teacher_view_indices``); ``data_samples[i].crop_boxes`` [V, 4] feed
+    ``loss_patch_cluster``; optional ``source``, ``neighbor_index`` and ``is_neighbor`` (from
+    ``neighbor_collate``) route samples to terms and pair anchors with neighbours.
 
-    **Inputs** (from :class:`PackGeometricViews` + ``SelfSupDataPreprocessor``): ``inputs`` = V
-    student views (``num_global_crops`` global crops first, then local crops) followed by T clean
-    teacher views (crop indices ``data_samples[i].teacher_view_indices``; they must contain the
-    global crops; only the global ones are used). ``data_samples[i].crop_boxes`` [V, 4] (and
-    optionally ``crop_flips`` [V]) are needed by ``loss_patch_cluster``.
-
-    **Sub-batches.** When every data sample carries ``<source_key>`` (e.g. ``'coco'`` /
-    ``'imagenet'``, set by the neighbour collate of the mixed dataset), the patch terms
-    (``loss_cotap``, ``loss_patch_cluster``) use the samples whose source is in
-    ``patch_sources``, the CLS terms (``loss_cls``, ``loss_cls_cluster``, ``loss_cls_neighbor``)
-    those in ``cls_sources`` and the prototype bank those in ``bank_sources`` (official: COCO feeds
-    the patch terms, ImageNet the CLS terms). Without the field every sample feeds every term. A
-    term whose sub-batch is empty gives 0 (logged once as a warning: with ``neighbor_collate``
-    every COCO-only sample has ``source='coco'``, so COCO-only runs set ``cls_sources=('coco',)``).
-
-    **Partners.** ``loss_cotap`` and ``loss_cls_neighbor`` pair each image ``u`` with a partner
-    ``v``: the batch position ``data_sample.<partner_key>`` (``neighbor_index``) when every sample
-    of the sub-batch carries it (remapped to positions within the sub-batch; a partner outside
-    the sub-batch is an error; ``-1``, "no partner" in ``neighbor_collate``, falls back to
-    retrieval), otherwise in-batch retrieval within the sub-batch: the other image whose teacher
-    CLS output of the filter (2C-dim, averaged over the global crops) has the highest cosine
-    similarity (our choice; official: one of 7 precomputed k-NN neighbours).
-
-    **Losses** (METHOD_cotap §4; each key present iff its term is enabled):
-
-    * ``loss_cotap`` (§2): patch-head outputs of the G global crops, student (from the jittered
-      views) and teacher (clean views). Random items: the partners of ``num_random`` random other
-      images (derangements; see :func:`negative_partners`). For each scale in ``pool_scales`` the
-      maps and the teacher foreground masks (CLS attention of the teacher's last block,
-      :func:`foreground_mask` with ``fg_cfg``) are adaptive-avg-pooled, the G crops stacked, the
-      ``topk`` cells with the largest pooled mask kept (for u and, separately, for v); the cosine
-      similarities (student S / teacher T on the same index sets) are ranked jointly over the
-      batch with ``cotap_loss`` (:class:`ContinuousAPLoss`); mean over scales.
-    * ``loss_patch_cluster`` (Leopart-style, official ``loss_inner_patch_inner``): teacher
-      patch-head vectors (L2-normalised bottleneck) of the *foreground* patches of the global
-      crops, together with the queue ``patch_queue`` of past ones, are scored against the
-      teacher's prototypes and turned into codes by :func:`sinkhorn_knopp` (``patch_sinkhorn``:
-      epsilon 0.05, 3 iterations); background cells get zero codes; the current foreground
-      vectors are then enqueued. ``patch_cluster_loss`` (:class:`PatchClusterLoss`) RoI-aligns
-      (6 x 6) the code maps of the global crops and the student patch-head score maps of all V
-      crops (local crops included) over each pair's overlap and has every student crop predict
-      the codes of the other crops on teacher-foreground cells.
-    * ``loss_cls_cluster`` (SwAV/DINO-style, official ``loss_inner_cls_inner``): Sinkhorn
-      (``cls_sinkhorn``: epsilon 0.07, 3 iterations) over the teacher CLS-head vectors of the
-      global crops plus the queue ``cls_queue`` -> codes [G, B, K]; ``cls_cluster_loss``
-      (:class:`ClsClusterLoss`): student CLS-head scores of all V crops predict the codes of
-      every other crop.
-    * ``loss_cls_neighbor`` (official ``loss_intra_cls_intra``): the same CLS codes of the
-      partner's global crops are the targets of the anchor's V student crops
-      (``cls_neighbor_loss``, :class:`ClsNeighborLoss`, student temperature 0.2).
-    * ``loss_cls`` (optional, off in the paper configs): DINO self-distillation on the CLS head
-      (``cls_loss``, :class:`DINOClsLoss`): student CLS-head outputs of all V crops vs the
-      teacher's of the global crops (pairs of different crops). When on, its collapse diagnostics
-      are logged (not summed) as ``cls_teacher_entropy``, ``cls_teacher_marginal_entropy`` and
-      ``cls_kl`` (:func:`collapse_log_vars`).
-    * ``loss_proto_entropy`` (§3): the student keeps a FIFO bank (buffer ``proto_bank`` [bank_size,
-      C, K, K]) of :func:`pool_bank_samples` of the patch tokens entering the last block (global
-      student crops, ``bank_samples_per_step`` random ones per step, detached). When the bank is
-      full for the first time and the prototypes are not initialised, rank 0 runs k-means
-      (``neck.init_prototypes_``), the prototypes are broadcast (``mmengine.dist.broadcast``) and
-      copied into the teacher's neck. Then ``proto_loss`` (:class:`PrototypeEntropyLoss`) of the
-      student prototypes against the bank each step (0 x prototypes before initialisation, so
-      the parameter always takes part in the graph).
-    * Logged only (no ``loss`` in the key, so not summed), on training batches once the Sinkhorn
-      terms run: ``patch_code_entropy`` and ``cls_code_entropy``, the mean entropy of the patch
-      (foreground cells) and CLS Sinkhorn codes (:func:`mean_code_entropy`). Near ``ln K`` the
-      clustering terms train towards even spreads over the prototypes, i.e. carry no signal.
-
-    **Start of the clustering terms.** Official: "queues / Sinkhorn only start after the first
-    step". The buffer ``loss_iter`` counts ``loss()`` calls; while it is below
-    ``cluster_start_iter`` the three Sinkhorn terms are 0 (kept in the graph and in the log) and
-    no Sinkhorn runs, but the queues are filled. A queue joins Sinkhorn with its valid entries as
-    soon as it has any (our choice; SwAV waits until its queue is full).
-
-    **Distributed.** The queues (``FeatureQueue``, capacity ``size / world_size`` each) and the
-    prototype bank are per-process and excluded from DDP's buffer broadcast
-    (``_ddp_params_and_buffers_to_ignore``); Sinkhorn all-reduces its sums, so the codes solve one
-    problem over the current vectors and queues of all processes. Every process must run the same
-    terms each step (the mixed dataset gives every process samples of every source).
-
-    A term is disabled by passing ``None`` for its loss or a loss with ``loss_weight`` 0 (or
-    None for the new terms); the queue of a disabled clustering term is not built.
-
-    **De-coupling / de-positioning** (optional, off by default; `arXiv 2303.16947
-    <https://arxiv.org/abs/2303.16947>`_ and its ICLR-2024 successor "Mind Your Augmentation",
-    METHOD_ddssl_scfs A.8; components in :mod:`~cotap_mm.models.algorithms.ddssl_ops`). Extra
-    student rows are built from the *patch sub-batch only* (``patch_sources``; images and donors)
-    and run through backbone + filter in the same batch as the G global crops; they are sliced
-    off right after the filter, so the prototype bank, the CLS terms and ``loss_cotap`` /
-    clustering terms see exactly the normal rows (the extra rows do not change their values: the
-    ViT and the filter act on every row independently; only with ``drop_path_rate > 0``, 0 in
-    the CoTAP configs, the random draws of the normal rows differ).
-
-    * ``loss_dc`` (``decoupling=dict(prob, loss_weight)``, :class:`DecouplingBranch`): duplicates
-      of ``prob * bp`` patch images per global crop whose RCC region (``data_sample.<rcc_key>``
-      [>= G, h, w], :class:`RegionCollaborativeCutout`), or its complement, holds another patch
-      image's (detached) tokens after the patch embedding; the dense loss on the tokens that
-      kept their own content only, times ``loss_weight`` (0.3); no CLS / CoTAP term for them.
-    * ``loss_depos`` (``depositioning=dict(...)``, :class:`DepositioningBranch`): a region of a
-      patch image pasted (rescaled, new position) onto another patch image; the student's
-      region output at the new place vs the teacher's of the region in the clean view.
-
-    The dense loss (``dense_loss``): the paper applies the method's *own* dense loss to the kept
-    tokens. CoTAP's own per-position dense target is the patch-cluster code, so by default
-    (``dense_loss=None``) both terms reuse the Sinkhorn codes that ``loss_patch_cluster``
-    computes for this step (teacher, clean view, foreground patches; no extra Sinkhorn, no extra
-    queue entry): ``loss_dc`` = :func:`kept_code_cross_entropy` of the student patch-head scores
-    of a de-coupling row against the codes of its source image's clean view at the same
-    positions, on kept foreground tokens (background codes are zero), student temperature of
-    ``patch_cluster_loss``; ``loss_depos`` = the same with the student scores box-pooled at the
-    destination and :func:`region_code_targets` of the source box (``patch_cluster_loss``'s
-    ``fg_threshold``); our choices, the papers give no recipe for CoTAP. This needs
-    ``patch_cluster_loss`` and, like it, gives 0 (in the graph) before ``cluster_start_iter``.
-    ``loss_cotap`` ranks similarities across images and has no per-token target, so it is not
-    reused. Option ``dense_loss=dict(type='IBOTPatchLoss')`` (the
-    patch-to-patch cross-entropy of the ``ddssl_ops`` author's proposal, ``out_dim`` = the patch
-    head's K; its centre is updated once per step with the teacher scores of the patch sub-batch)
-    compares teacher / student patch-head outputs directly (``loss_depos``: box-pooled filter
-    outputs through the heads).
+    Losses (a key is present iff its term is enabled; a term is disabled by ``None`` or
+    ``loss_weight=0``): ``loss_cotap`` (ranking of patch similarities, :class:`ContinuousAPLoss`),
+    ``loss_patch_cluster`` (:class:`PatchClusterLoss` on Sinkhorn codes), ``loss_cls_cluster``,
+    ``loss_cls_neighbor``, ``loss_proto_entropy``, optionally ``loss_cls`` (DINO) and
+    ``loss_dc`` / ``loss_depos`` (de-coupling / de-positioning, `arXiv 2303.16947
+    <https://arxiv.org/abs/2303.16947>`_). Logged only: ``patch_code_entropy``,
+    ``cls_code_entropy`` and, with ``loss_cls``, its collapse diagnostics.
 
     Args:
         backbone (dict): :class:`CoTAPViT` config.
         neck (dict): :class:`ObjectPrototypeNeck` config; ``embed_dims`` defaults to the
             backbone's.
-        patch_head (dict): :class:`DINOProjectionHead` config (``in_channels`` defaults to 2C;
-            official ``num_prototypes=512``).
-        cls_head (dict): same, official ``num_prototypes=4096``.
+        patch_head (dict): :class:`DINOProjectionHead` config (``in_channels`` defaults to 2C).
+        cls_head (dict): same, for the CLS token.
         cotap_loss (dict, optional): Defaults to ``dict(type='ContinuousAPLoss')``.
         cls_loss (dict, optional): :class:`DINOClsLoss` config (``out_dim`` defaults to the CLS
-            head's K). Defaults to None (not part of the paper's objective).
+            head's K). Defaults to None (not in the paper's objective).
         proto_loss (dict, optional): Defaults to ``dict(type='PrototypeEntropyLoss')``.
         patch_cluster_loss (dict, optional): Defaults to ``dict(type='PatchClusterLoss')``.
         cls_cluster_loss (dict, optional): Defaults to ``dict(type='ClsClusterLoss')``.
@@ -280,16 +164,25 @@ class CoTAP(TeacherStudentMixin, BaseSelfSupervisor):
             ``dict(epsilon=0.05, iters=3)``.
         cls_sinkhorn (dict): same for the CLS codes. Defaults to ``dict(epsilon=0.07, iters=3)``.
         patch_queue (dict, optional): :class:`FeatureQueue` ``size`` (total over processes) and
-            ``max_per_step``; None: no queue. Defaults to ``dict(size=262144, max_per_step=2048)``.
+            ``max_per_step`` of past teacher foreground patch vectors; None: no queue. Defaults
+            to ``dict(size=262144, max_per_step=2048)``.
         cls_queue (dict, optional): Defaults to ``dict(size=32768, max_per_step=100)``.
         cluster_start_iter (int): first ``loss()`` call (0-based) with Sinkhorn targets.
             Defaults to 1.
-        pool_scales (Sequence[int]): pooled grid sizes; official (7, 14) for a 14 x 14 grid.
-            Each must be <= the patch grid. Defaults to (7, 14).
+        patch_codes_on (str): teacher patches the patch Sinkhorn codes: 'all' (every patch of
+            the global crops) or 'foreground' (foreground patches only, zero codes elsewhere).
+            Defaults to 'all'.
+        cls_neighbor_views (str): student crops of ``loss_cls_neighbor``: 'global' or 'all'.
+            Defaults to 'global'.
+        rank_all_images (bool): with neighbour pairs (``is_neighbor`` in the data samples),
+            also rank the neighbours as anchors; False ranks the anchors only. Defaults to False.
+        teacher_prototypes (str): 'ema' (the teacher's prototypes follow the student's through
+            the EMA hook) or 'copy' (copied into the teacher after k-means). Defaults to 'ema'.
+        pool_scales (Sequence[int]): pooled grid sizes of ``loss_cotap`` (each <= the patch
+            grid). Defaults to (7, 14).
         topk (int): foreground cells kept per image and scale. Defaults to 5.
         num_random (int): R, random images per anchor. Defaults to 5.
-        fg_cfg (dict, optional): kwargs of :func:`foreground_mask` (``keep_mass`` 0.6,
-            ``blur_kernel`` 7, ``blur_sigma`` 0.6, ``min_component_size`` 3 by default).
+        fg_cfg (dict, optional): kwargs of :func:`foreground_mask`. Defaults to None.
         bank_size (int): prototype bank size. Defaults to 1024.
         bank_samples_per_step (int): samples enqueued per step. Defaults to 32.
         kmeans_iters (int): k-means iterations. Defaults to 3000.
@@ -300,17 +193,13 @@ class CoTAP(TeacherStudentMixin, BaseSelfSupervisor):
         patch_sources (Sequence[str]): sources feeding the patch terms. Defaults to ('coco', ).
         cls_sources (Sequence[str]): sources feeding the CLS terms. Defaults to ('imagenet', ).
         bank_sources (Sequence[str], optional): sources feeding the prototype bank; None: the
-            ``patch_sources``. Defaults to None. (METHOD_cotap §3 reads the official bank as
-            filled from the CLS-branch, i.e. ImageNet, images.)
-        decoupling (dict, optional): :class:`DecouplingBranch` kwargs, e.g.
-            ``dict(prob=0.25, loss_weight=0.3)`` (the successor's recipe); None: off. Defaults
-            to None.
-        depositioning (dict, optional): :class:`DepositioningBranch` kwargs, e.g.
-            ``dict(prob=0.25, loss_weight=0.3)``; None: off. Defaults to None.
-        dense_loss (dict, optional): dense loss of ``loss_dc`` / ``loss_depos``; None: the
-            patch-cluster codes (see above); a config of a loss with ``cross_entropy(student,
-            teacher, weights)`` and ``step(teacher)`` such as ``dict(type='IBOTPatchLoss')``
-            (``out_dim`` defaults to ``patch_head.num_prototypes``). Defaults to None.
+            ``patch_sources``. Defaults to None.
+        decoupling (dict, optional): :class:`DecouplingBranch` kwargs; None: off.
+            Defaults to None.
+        depositioning (dict, optional): :class:`DepositioningBranch` kwargs; None: off.
+            Defaults to None.
+        dense_loss (dict, optional): dense loss of ``loss_dc`` / ``loss_depos``; None reuses the
+            patch-cluster codes. Defaults to None.
         rcc_key (str): data-sample field of the RCC masks used by ``decoupling``. Defaults to
             'rcc_mask'.
         data_preprocessor (dict, optional): Defaults to ``SelfSupDataPreprocessor``.
@@ -333,6 +222,10 @@ class CoTAP(TeacherStudentMixin, BaseSelfSupervisor):
                  patch_queue: Optional[dict] = dict(size=262144, max_per_step=2048),
                  cls_queue: Optional[dict] = dict(size=32768, max_per_step=100),
                  cluster_start_iter: int = 1,
+                 patch_codes_on: str = 'all',
+                 cls_neighbor_views: str = 'global',
+                 rank_all_images: bool = False,
+                 teacher_prototypes: str = 'ema',
                  pool_scales: Sequence[int] = (7, 14),
                  topk: int = 5,
                  num_random: int = 5,
@@ -377,6 +270,15 @@ class CoTAP(TeacherStudentMixin, BaseSelfSupervisor):
         if bank_size < self.neck.num_prototypes:
             raise ValueError(f'bank_size ({bank_size}) must be >= neck.num_prototypes '
                              f'({self.neck.num_prototypes}) for the k-means initialisation')
+        for name, val, allowed in (('patch_codes_on', patch_codes_on, ('all', 'foreground')),
+                                   ('cls_neighbor_views', cls_neighbor_views, ('global', 'all')),
+                                   ('teacher_prototypes', teacher_prototypes, ('ema', 'copy'))):
+            if val not in allowed:
+                raise ValueError(f'{name} must be one of {allowed}, got {val!r}')
+        self.patch_codes_on = patch_codes_on
+        self.cls_neighbor_views = cls_neighbor_views
+        self.rank_all_images = bool(rank_all_images)
+        self.teacher_prototypes = teacher_prototypes
         self.pool_scales = tuple(pool_scales)
         self.topk = topk
         self.num_random = num_random
@@ -583,7 +485,8 @@ class CoTAP(TeacherStudentMixin, BaseSelfSupervisor):
                                            seed=self.kmeans_seed)
         broadcast(self.neck.prototypes.data, 0)
         self.neck.prototypes_initialized.fill_(True)
-        self.teacher['neck'].load_prototypes_(self.neck.prototypes.data)
+        if self.teacher_prototypes == 'copy':
+            self.teacher['neck'].load_prototypes_(self.neck.prototypes.data)
 
     @torch.no_grad()
     def _sinkhorn_codes(self, z: torch.Tensor, weight: torch.Tensor,
@@ -709,9 +612,10 @@ class CoTAP(TeacherStudentMixin, BaseSelfSupervisor):
                         t_scores = t_z @ t_w.t()
                         emb = self._split_batch(t_cls_g, G, B, p_idx).float().mean(dim=0)
                         partner = self._partners(emb, data_samples, p_idx)
+                        anchors = self._ranking_anchors(data_samples, p_idx, dev)
                     losses['loss_cotap'] = self._cotap_term(
                         s_scores.flatten(0, 1), t_scores.flatten(0, 1), fg_p.flatten(0, 1),
-                        partner, (h, w), G, bp)
+                        partner, anchors, (h, w), G, bp)
             if on['patch_cluster_loss']:
                 losses['loss_patch_cluster'], patch_codes = self._patch_cluster_term(
                     s_scores, s_local_patch, t_z, t_w, fg_p, (h, w), student_views,
@@ -762,8 +666,8 @@ class CoTAP(TeacherStudentMixin, BaseSelfSupervisor):
                         with torch.no_grad():
                             partner = self._partners(t_cls_c.float().mean(dim=0), data_samples,
                                                      c_idx)
-                        losses['loss_cls_neighbor'] = self.cls_neighbor_loss(s_logits, codes,
-                                                                             partner)
+                        s_nb = s_logits[:G] if self.cls_neighbor_views == 'global' else s_logits
+                        losses['loss_cls_neighbor'] = self.cls_neighbor_loss(s_nb, codes, partner)
                     else:
                         losses['loss_cls_neighbor'] = zero + s_logits.sum() * 0.0
 
@@ -872,6 +776,10 @@ class CoTAP(TeacherStudentMixin, BaseSelfSupervisor):
             with torch.no_grad():
                 codes_t = None if codes is None else codes.permute(0, 1, 3, 4, 2).reshape(
                     G, codes.shape[1], N, codes.shape[2])  # [G, bp, N, K]
+                if codes_t is not None and self.patch_codes_on == 'all':
+                    # these terms train foreground tokens only: zero codes on the background
+                    fg_t = self._split_batch(fg, G, B, p_idx).reshape(G, -1, N, 1)
+                    codes_t = codes_t * fg_t.to(codes_t.dtype)
             if self.decoupling is not None:
                 if s_dc is None:
                     out['loss_dc'] = zero
@@ -946,16 +854,18 @@ class CoTAP(TeacherStudentMixin, BaseSelfSupervisor):
         with torch.no_grad():
             flat = t_z.reshape(-1, t_z.shape[-1])  # teacher bottleneck vectors [G*bp*N, D]
             is_fg = fg_p.reshape(-1).bool()
-            current = flat[is_fg]
+            foreground = flat[is_fg]  # the queue keeps foreground vectors only
             codes = None
             if clustering:
-                fg_codes = self._sinkhorn_codes(current, t_w, self.patch_queue,
-                                                self.patch_sinkhorn)
-                codes = flat.new_zeros((flat.shape[0], K))
-                codes[is_fg] = fg_codes
+                if self.patch_codes_on == 'all':
+                    codes = self._sinkhorn_codes(flat, t_w, self.patch_queue, self.patch_sinkhorn)
+                else:  # zero codes on the background
+                    codes = flat.new_zeros((flat.shape[0], K))
+                    codes[is_fg] = self._sinkhorn_codes(foreground, t_w, self.patch_queue,
+                                                        self.patch_sinkhorn)
                 codes = codes.reshape(G, bp, h, w, K).permute(0, 1, 4, 2, 3)
             if self.patch_queue is not None:
-                self.patch_queue.enqueue(current)
+                self.patch_queue.enqueue(foreground)
         dummy = zero + sum(m.sum() for m in s_maps) * 0.0
         if codes is None or bp == 0:
             return dummy, codes
@@ -965,9 +875,22 @@ class CoTAP(TeacherStudentMixin, BaseSelfSupervisor):
         return (self.patch_cluster_loss(s_maps, codes, fg_p.float(), boxes, sizes, flips) + dummy,
                 codes)
 
+    def _ranking_anchors(self, data_samples: List[DataSample], index: Optional[torch.Tensor],
+                         device: torch.device) -> Optional[torch.Tensor]:
+        """Sub-batch positions of the images ranked as anchors by ``loss_cotap``: those that are
+        not a loaded neighbour (``is_neighbor``) unless ``rank_all_images``; None: every image."""
+        if self.rank_all_images:
+            return None
+        pos = range(len(data_samples)) if index is None else index.tolist()
+        flags = [bool(data_samples[i].get('is_neighbor', False)) for i in pos]
+        if not any(flags):
+            return None
+        return torch.as_tensor([k for k, f in enumerate(flags) if not f], dtype=torch.long,
+                               device=device)
+
     def _cotap_term(self, s_scores: torch.Tensor, t_scores: torch.Tensor, fg: torch.Tensor,
-                    partner: torch.Tensor, hw: Tuple[int, int], G: int,
-                    B: int) -> torch.Tensor:
+                    partner: torch.Tensor, anchors: Optional[torch.Tensor],
+                    hw: Tuple[int, int], G: int, B: int) -> torch.Tensor:
         h, w = int(hw[0]), int(hw[1])
         for ks in self.pool_scales:
             if ks > min(h, w):
@@ -976,9 +899,15 @@ class CoTAP(TeacherStudentMixin, BaseSelfSupervisor):
             if self.topk > G * ks * ks:
                 raise ValueError(f'topk={self.topk} exceeds the {G * ks * ks} pooled cells at '
                                  f'scale {ks}')
+        A = B if anchors is None else int(anchors.numel())
+        if self.num_random > 0 and A < 2:
+            raise ValueError(f'loss_cotap draws random images among the other anchors, but the '
+                             f'patch sub-batch has {A} anchor(s) (images that are not loaded '
+                             f'neighbours): use at least 2 anchors per process or '
+                             f'rank_all_images=True')
         with torch.no_grad():
-            perms = random_derangements(B, self.num_random, device=partner.device)
-            negatives = negative_partners(partner, perms)
+            perms = random_derangements(A, self.num_random, device=partner.device)
+            negatives = negative_partners(partner, perms, anchors)
 
         def to_maps(x: torch.Tensor) -> torch.Tensor:  # [G*B, N, D] -> [B, G, D, h, w]
             D = x.shape[-1]
@@ -993,7 +922,7 @@ class CoTAP(TeacherStudentMixin, BaseSelfSupervisor):
             s_tok = gather_tokens(pool_views(s_maps, ks), idx)
             with torch.no_grad():
                 t_tok = gather_tokens(pool_views(t_maps, ks), idx)
-                t_sim, is_random = build_similarity_items(t_tok, partner, negatives)
-            s_sim, _ = build_similarity_items(s_tok, partner, negatives)
+                t_sim, is_random = build_similarity_items(t_tok, partner, negatives, anchors)
+            s_sim, _ = build_similarity_items(s_tok, partner, negatives, anchors)
             terms.append(self.cotap_loss(s_sim, t_sim, is_random))
         return torch.stack(terms).mean()

@@ -1,15 +1,14 @@
-"""Pure functions that build CoTAP's similarity items (METHOD_cotap §2.1).
+"""Pure functions that build CoTAP's similarity items.
 
 CoTAP: "Semantic Concentration for Self-Supervised Dense Representations Learning",
-https://arxiv.org/abs/2509.09429 (official code: github.com/KID-7391/CoTAP,
-``losses/intra_sample.py``, ``IntraSampleLoss.ranking_cos_patch_loss``).
+https://arxiv.org/abs/2509.09429.
 
 Pipeline for one pooling scale ``ks``:
 
 1. :func:`retrieve_partners` — partner ``v`` of each image ``u`` (in-batch retrieval when no k-NN
    neighbour is given).
 2. :func:`random_derangements` + :func:`negative_partners` — for each of ``R`` random other
-   images ``r`` of the batch, the image whose tokens serve as "random" items (``partner[r]``).
+   anchors ``r``, the image whose tokens serve as "random" items (``partner[r]``).
 3. :func:`pool_views` + :func:`topk_foreground_indices` + :func:`gather_tokens` — pool the
    patch-head maps of the global crops and the teacher foreground masks to ``ks x ks``, stack the
    crops (``G * ks^2`` tokens), keep the ``k`` tokens with the largest pooled mask value.
@@ -88,27 +87,33 @@ def random_derangements(batch_size: int,
     return out.to(device) if device is not None else out
 
 
-def negative_partners(partner: torch.Tensor, perms: torch.Tensor) -> torch.Tensor:
-    """Images whose tokens are the "random" items of each anchor: ``partner[perm[r, u]]``.
+def negative_partners(partner: torch.Tensor, perms: torch.Tensor,
+                      anchors: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Images whose tokens are the "random" items of each anchor: the partners of ``R`` random
+    other anchors, ``partner[anchors[perm[r, a]]]``.
 
-    In the official code the random items of ``u`` are the neighbour images of ``R`` random
-    other samples. With in-batch retrieval the partner of a random image can be ``u`` itself
-    (mutual nearest neighbours); such entries are replaced by the random image ``perm[r, u]``
-    itself (which is never ``u``). Our choice, documented here.
+    With in-batch retrieval the partner of a random anchor can be the anchor itself (mutual
+    nearest neighbours); such entries are replaced by the random anchor (never the anchor itself).
 
     Args:
         partner (LongTensor): [B] partner index of each image.
-        perms (LongTensor): [R, B] derangements (:func:`random_derangements`).
+        perms (LongTensor): [R, A] derangements of ``range(A)`` (:func:`random_derangements`).
+        anchors (LongTensor, optional): [A] batch positions of the anchors; None: every image
+            (A = B). Defaults to None.
 
     Returns:
-        LongTensor: [R, B], never equal to the anchor index ``u``.
+        LongTensor: [R, A] batch positions, never equal to the anchor's.
     """
-    if partner.dim() != 1 or perms.dim() != 2 or perms.shape[1] != partner.shape[0]:
-        raise ValueError(f'partner must be [B] and perms [R, B], got {tuple(partner.shape)} and '
+    if anchors is None:
+        anchors = torch.arange(partner.shape[0], device=partner.device)
+    if (partner.dim() != 1 or anchors.dim() != 1 or perms.dim() != 2
+            or perms.shape[1] != anchors.shape[0]):
+        raise ValueError(f'partner must be [B], anchors [A] and perms [R, A], got '
+                         f'{tuple(partner.shape)}, {tuple(anchors.shape)} and '
                          f'{tuple(perms.shape)}')
-    neg = partner[perms]
-    anchor = torch.arange(partner.shape[0], device=partner.device).expand_as(perms)
-    return torch.where(neg == anchor, perms, neg)
+    random_anchor = anchors[perms]
+    neg = partner[random_anchor]
+    return torch.where(neg == anchors.expand_as(perms), random_anchor, neg)
 
 
 def pool_views(maps: torch.Tensor, ks: int) -> torch.Tensor:
@@ -161,33 +166,40 @@ def gather_tokens(tokens: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
 
 
 def build_similarity_items(tokens: torch.Tensor, partner: torch.Tensor,
-                           negatives: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Cosine similarities between each image's tokens and its partner's / random images' tokens.
+                           negatives: torch.Tensor,
+                           anchors: Optional[torch.Tensor] = None
+                           ) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Cosine similarities between each anchor's tokens and its partner's / random images' tokens.
 
     For anchor ``u`` with selected tokens ``x_u`` [k, D]: the ``k x k`` cosines against
     ``x_{partner[u]}`` (``is_random=False``) followed by, for each ``r < R``, the ``k x k``
-    cosines against ``x_{negatives[r, u]}`` (``is_random=True``): ``k^2 (1 + R)`` items per
-    image (150 for k = 5, R = 5), all images concatenated.
+    cosines against ``x_{negatives[r, a]}`` (``is_random=True``): ``k^2 (1 + R)`` items per
+    anchor (150 for k = 5, R = 5), all anchors concatenated.
 
     Args:
         tokens (Tensor): [B, k, D] selected tokens (not necessarily normalised).
         partner (LongTensor): [B].
-        negatives (LongTensor): [R, B].
+        negatives (LongTensor): [R, A] (:func:`negative_partners`).
+        anchors (LongTensor, optional): [A] batch positions of the anchors; None: every image.
+            Defaults to None.
 
     Returns:
-        tuple: ``sim`` [B * k^2 * (1 + R)] and ``is_random`` (bool, same shape). Order: image,
+        tuple: ``sim`` [A * k^2 * (1 + R)] and ``is_random`` (bool, same shape). Order: anchor,
         then target block (partner, random 0..R-1), then anchor token, then target token.
     """
     if tokens.dim() != 3:
         raise ValueError(f'tokens must be [B, k, D], got shape {tuple(tokens.shape)}')
     B, k, _ = tokens.shape
-    if partner.shape != (B, ) or negatives.dim() != 2 or negatives.shape[1] != B:
-        raise ValueError(f'partner must be [{B}] and negatives [R, {B}], got '
+    if anchors is None:
+        anchors = torch.arange(B, device=tokens.device)
+    A = anchors.shape[0]
+    if partner.shape != (B, ) or negatives.dim() != 2 or negatives.shape[1] != A:
+        raise ValueError(f'partner must be [{B}] and negatives [R, {A}], got '
                          f'{tuple(partner.shape)} and {tuple(negatives.shape)}')
     x = F.normalize(tokens, dim=-1)
-    targets = torch.cat([partner[None], negatives], dim=0).t()  # [B, 1+R]
-    y = x[targets]  # [B, 1+R, k, D]
-    sim = torch.einsum('bid,brjd->brij', x, y)  # [B, 1+R, k, k]
+    targets = torch.cat([partner[anchors][None], negatives], dim=0).t()  # [A, 1+R]
+    y = x[targets]  # [A, 1+R, k, D]
+    sim = torch.einsum('bid,brjd->brij', x[anchors], y)  # [A, 1+R, k, k]
     is_random = torch.ones_like(sim, dtype=torch.bool)
     is_random[:, 0] = False
     return sim.reshape(-1), is_random.reshape(-1)

@@ -244,10 +244,10 @@ def foreground_mask(cls_attn: torch.Tensor,
                     keep_mass: float = 0.6,
                     blur_kernel: int = 7,
                     blur_sigma: float = 0.6,
-                    min_component_size: int = 3) -> torch.Tensor:
+                    min_component_size: int = 0) -> torch.Tensor:
     """Binary foreground mask from CLS->patch attention (Leopart's ``process_attentions``).
 
-    Steps, as in Leopart (which CoTAP builds on) and METHOD_cotap §1:
+    Steps, as in Leopart (which CoTAP builds on):
 
     1. **Average over heads first** (Leopart averages the heads' attention maps, then processes the
        single averaged map; DINO's ``visualize_attention`` instead thresholds each head). Because the
@@ -256,9 +256,9 @@ def foreground_mask(cls_attn: torch.Tensor,
        (kornia's ``gaussian_blur2d`` default, used by Leopart).
     3. Keep the smallest set of patches holding ``keep_mass`` of the (blurred) attention mass:
        sort ascending, normalise, keep patches whose inclusive cumulative mass exceeds 1 - keep_mass.
-    4. Remove 8-connected components with fewer than ``min_component_size`` patches (Leopart removes
-       components of <= 2 pixels, i.e. ``min_component_size=3``; METHOD_cotap does not mention this
-       step; pass 0 to skip it).
+    4. Optionally remove 8-connected components with fewer than ``min_component_size`` patches
+       (Leopart removes components of <= 2 pixels, i.e. ``min_component_size=3``; the released
+       CoTAP does not: 0 skips the step).
 
     Args:
         cls_attn (Tensor): [B, heads, h, w] or [B, heads, N] attention of CLS to the patches.
@@ -267,7 +267,7 @@ def foreground_mask(cls_attn: torch.Tensor,
         keep_mass (float): fraction of attention mass kept, in (0, 1]. Defaults to 0.6.
         blur_kernel (int): odd Gaussian kernel size. Defaults to 7.
         blur_sigma (float): Gaussian std (patches). Defaults to 0.6.
-        min_component_size (int): see step 4. Defaults to 3.
+        min_component_size (int): see step 4. Defaults to 0.
 
     Returns:
         BoolTensor: [B, h, w], True = foreground. No gradient.

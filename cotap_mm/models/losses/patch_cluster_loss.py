@@ -1,8 +1,7 @@
 """Leopart-style patch clustering term of CoTAP (``loss_patch_cluster``).
 
 CoTAP: "Semantic Concentration for Self-Supervised Dense Representations Learning",
-https://arxiv.org/abs/2509.09429 (official ``loss_inner_patch_inner``, METHOD_cotap §4), after
-Leopart, https://arxiv.org/abs/2204.13101.
+https://arxiv.org/abs/2509.09429, after Leopart, https://arxiv.org/abs/2204.13101.
 """
 from typing import Optional, Sequence
 
@@ -11,7 +10,7 @@ from mmpretrain.registry import MODELS
 
 from ..algorithms.overlap_pooling import pool_crop_overlaps
 from .code_prediction_loss import CodePredictionLoss
-from .functional.cluster_prediction import soft_cross_entropy
+from .functional.cluster_prediction import pairwise_mean_cross_entropy, soft_cross_entropy
 
 __all__ = ['PatchClusterLoss']
 
@@ -19,29 +18,28 @@ __all__ = ['PatchClusterLoss']
 @MODELS.register_module()
 class PatchClusterLoss(CodePredictionLoss):
     """Student crops predict the teacher's patch cluster codes of the *other* crops, over their
-    overlap.
+    overlap (Leopart-style term of CoTAP).
 
     Paper: `Semantic Concentration for Self-Supervised Dense Representations Learning
-    <https://arxiv.org/abs/2509.09429>`_ (METHOD_cotap §4, Leopart-style term). The owner
-    (:class:`~cotap_mm.models.algorithms.cotap.CoTAP`) computes the teacher codes (Sinkhorn over
-    the teacher's foreground patch vectors of the global crops plus a queue; background cells
-    carry zero codes). This module, for every (teacher global crop ``t``, student crop ``c != t``)
-    pair of an image (:func:`pool_crop_overlaps`):
+    <https://arxiv.org/abs/2509.09429>`_; Leopart: https://arxiv.org/abs/2204.13101. The owner
+    (:class:`~cotap_mm.models.algorithms.cotap.CoTAP`) computes the teacher codes. For every
+    (teacher global crop ``t``, student crop ``c != t``) pair (:func:`pool_crop_overlaps`):
 
-    1. RoI-aligns (``roi_size`` x ``roi_size``, ``aligned=True``) the teacher code map and the
-       teacher foreground mask of ``t`` and the student score map of ``c`` over ``box_t ∩ box_c``;
-    2. target of a cell = pooled codes renormalised to sum 1 (with zero background codes this is
-       the mean code of the cell's foreground patches); cells count where the pooled foreground
-       fraction is ``>= fg_threshold`` (our choice: the official threshold could not be read;
-       0.5 = mostly foreground) and the crops overlap;
-    3. loss = mean over counted cells of all pairs of
-       ``-sum_k target_k log_softmax(student / student_temp)_k``.
+    1. the teacher code map and foreground mask of ``t`` and the student score map of ``c`` are
+       RoI-aligned (``roi_size`` x ``roi_size``) over ``box_t ∩ box_c``;
+    2. target of a cell = pooled codes renormalised to sum 1; a cell counts where its pooled
+       foreground fraction is ``>= fg_threshold - 1e-6`` (1.0: fully foreground) and the crops
+       overlap;
+    3. ``-sum_k target_k log_softmax(student / student_temp)_k`` averaged over the counted cells:
+       per pair, then over the G * (V - 1) pairs (``reduction='pair'``; an empty pair gives 0), or
+       over all counted cells at once (``reduction='cell'``).
 
     Args:
         student_temp (float): student temperature. Defaults to 0.1.
         roi_size (int): pooled grid size. Defaults to 6.
         fg_threshold (float): minimal pooled foreground fraction of a counted cell, in [0, 1].
-            Defaults to 0.5.
+            Defaults to 1.0.
+        reduction (str): 'pair' or 'cell'. Defaults to 'pair'.
         loss_weight (float, optional): multiplier; 0 or None disables the term in ``CoTAP``.
             Defaults to 1.0.
 
@@ -59,15 +57,19 @@ class PatchClusterLoss(CodePredictionLoss):
     def __init__(self,
                  student_temp: float = 0.1,
                  roi_size: int = 6,
-                 fg_threshold: float = 0.5,
+                 fg_threshold: float = 1.0,
+                 reduction: str = 'pair',
                  loss_weight: Optional[float] = 1.0) -> None:
         super().__init__(student_temp, loss_weight)
         if isinstance(roi_size, bool) or not isinstance(roi_size, int) or roi_size < 1:
             raise ValueError(f'roi_size must be a positive int, got {roi_size!r}')
         if not 0.0 <= float(fg_threshold) <= 1.0:
             raise ValueError(f'fg_threshold must be in [0, 1], got {fg_threshold!r}')
+        if reduction not in ('pair', 'cell'):
+            raise ValueError(f"reduction must be 'pair' or 'cell', got {reduction!r}")
         self.roi_size = roi_size
         self.fg_threshold = float(fg_threshold)
+        self.reduction = reduction
 
     def forward(self,
                 student_maps: Sequence[torch.Tensor],
@@ -94,6 +96,11 @@ class PatchClusterLoss(CodePredictionLoss):
         codes, fg = pooled_t[:, :, :K], pooled_t[:, :, K]  # [P, B, K, S, S], [P, B, S, S]
         mass = codes.sum(dim=2, keepdim=True)
         target = codes / mass.clamp_min(1e-12)
-        mask = (fg >= self.fg_threshold) & (mass[:, :, 0] > 1e-6) & valid[:, :, None, None]
-        loss = soft_cross_entropy(pooled_s, target, self.student_temp, mask, dim=2)
+        # 1e-6: the RoI interpolation of an all-foreground region can round to 0.99999988
+        mask = ((fg >= self.fg_threshold - 1e-6) & (mass[:, :, 0] > 1e-6)
+                & valid[:, :, None, None])
+        if self.reduction == 'cell':
+            loss = soft_cross_entropy(pooled_s, target, self.student_temp, mask, dim=2)
+        else:
+            loss = pairwise_mean_cross_entropy(pooled_s, target, self.student_temp, mask)
         return self.weighted(loss)

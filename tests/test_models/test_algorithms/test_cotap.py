@@ -3,16 +3,18 @@ import os.path as osp
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 import cotap_mm  # noqa: F401
 import cotap_mm.models.algorithms.cotap as cotap_module  # registers CoTAP
 import cotap_mm.models.heads.dino_projection_head  # noqa: F401
 import cotap_mm.models.losses.dino_cls_loss  # noqa: F401  (registers DINOClsLoss)
-from cotap_mm.engine.hooks.ema_teacher_hook import check_teacher_student
+from cotap_mm.engine.hooks.ema_teacher_hook import check_teacher_student, ema_update_
 from cotap_test_helpers.tool_runs import logged_loss_rows, train_in_process
 from cotap_test_helpers.view_batches import geometric_view_batch
 from mmengine.config import Config
 from mmpretrain.registry import MODELS
+from mmpretrain.structures import DataSample
 
 REPO = osp.dirname(osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))))
 TINY = osp.join(REPO, 'configs/cotap/cotap_vit-tiny-p8_1xb8-demo_synthetic.py')
@@ -144,6 +146,7 @@ def _mixed_batch(groups=2, seed=0):
     for i, ds in enumerate(samples):
         ds.set_field('coco' if i % 4 < 2 else 'imagenet', 'source', field_type='metainfo')
         ds.set_field(i + 1 if i % 2 == 0 else i - 1, 'neighbor_index')
+        ds.set_field(i % 2 == 1, 'is_neighbor', field_type='metainfo')
     return inputs, samples
 
 
@@ -222,6 +225,98 @@ def test_neighbor_index_is_remapped_to_the_sub_batch():
         model.loss(inputs, samples)
 
 
+def _released_ranking_items(s_maps, t_maps, fg, partner_of, anchors, perms, scales, topk):
+    """Independent port of the released ranking lists: anchors [n] against their neighbours;
+    random items = the neighbours of perm[r][n]; top-k cells of each image by its own pooled
+    foreground; student / teacher cosine lists (order irrelevant to the loss)."""
+    def select(maps, masks, idx, ks):  # -> [n, topk, D]
+        B, G, D = maps.shape[:3]
+        pm = F.adaptive_avg_pool2d(maps[idx].flatten(0, 1), ks)
+        pm = pm.reshape(len(idx), G, D, ks * ks).permute(0, 1, 3, 2).reshape(len(idx), -1, D)
+        pk = F.adaptive_avg_pool2d(masks[idx].flatten(0, 1), ks).reshape(len(idx), -1)
+        order = torch.topk(pk, topk, dim=1).indices
+        return torch.stack([pm[i, order[i]] for i in range(len(idx))])
+
+    out_s, out_t, rand = [], [], []
+    for ks in scales:
+        nb = [partner_of[a] for a in anchors]
+        for maps, out in ((s_maps, out_s), (t_maps, out_t)):
+            u = F.normalize(select(maps, fg, anchors, ks), dim=-1)
+            v = F.normalize(select(maps, fg, nb, ks), dim=-1)
+            items = [torch.einsum('nxc,nyc->nxy', u, v)]
+            items += [torch.einsum('nxc,nyc->nxy', u, v[p]) for p in perms]
+            out.append(torch.cat(items, dim=2).reshape(-1))
+        n = len(anchors)
+        flag = torch.zeros(n, topk, (1 + len(perms)) * topk, dtype=torch.bool)
+        flag[:, :, topk:] = True
+        rand.append(flag.reshape(-1))
+    return out_s, out_t, rand
+
+
+def test_ranking_anchors_match_the_release(monkeypatch):
+    """loss_cotap ranks anchors against their loaded neighbours (the released lists); with
+    rank_all_images=True the neighbours are anchors too."""
+    model = _build(pool_scales=(2, 4), topk=3, num_random=2)
+    g = torch.Generator().manual_seed(0)
+    B, G, h, w, D = 6, 2, 4, 4, 5
+    s_maps = torch.randn(B, G, D, h, w, generator=g)
+    t_maps = torch.randn(B, G, D, h, w, generator=g)
+    fg = torch.rand(B, G, 1, h, w, generator=g)  # continuous: no ties in the top-k
+    partner = torch.tensor([1, 0, 3, 2, 5, 4])  # [anchor, neighbour] x 3
+    anchors = torch.tensor([0, 2, 4])
+    perms = torch.tensor([[1, 2, 0], [2, 0, 1]])  # over the anchors
+    monkeypatch.setattr(cotap_module, 'random_derangements', lambda n, r, device=None: perms)
+    seen = []
+    monkeypatch.setattr(model.cotap_loss, 'forward',
+                        lambda s, t, r: seen.append((s, t, r)) or s.sum())
+
+    def flat(x):  # [B, G, D, h, w] -> view-major [G*B, N, D]
+        return x.permute(1, 0, 3, 4, 2).reshape(G * B, h * w, x.shape[2])
+
+    model._cotap_term(flat(s_maps), flat(t_maps), flat(fg)[..., 0], partner, anchors, (h, w),
+                      G, B)
+    ref_s, ref_t, ref_r = _released_ranking_items(s_maps, t_maps, fg, partner.tolist(),
+                                                  anchors.tolist(), perms.tolist(), (2, 4), 3)
+    assert len(seen) == 2
+    for (s, t, r), rs, rt, rr in zip(seen, ref_s, ref_t, ref_r):
+        assert s.numel() == 3 * 9 * 3  # anchors x k^2 x (1 + R)
+        for got, want in ((s, rs), (t, rt)):
+            torch.testing.assert_close(got.sort().values, want.sort().values)
+        assert int(r.sum()) == int(rr.sum())
+        # the random items are exactly the entries the port flags as random
+        torch.testing.assert_close(s[r].sort().values, rs[rr].sort().values)
+    # every image an anchor (the former behaviour): twice the items
+    seen.clear()
+    monkeypatch.setattr(cotap_module, 'random_derangements',
+                        lambda n, r, device=None: torch.stack([(torch.arange(n) + 1) % n] * r))
+    model._cotap_term(flat(s_maps), flat(t_maps), flat(fg)[..., 0], partner, None, (h, w), G, B)
+    assert seen[0][0].numel() == 6 * 9 * 3
+    model.rank_all_images = True
+    samples = [DataSample(metainfo=dict(is_neighbor=bool(i % 2))) for i in range(B)]
+    assert model._ranking_anchors(samples, None, torch.device('cpu')) is None
+    model.rank_all_images = False
+    assert model._ranking_anchors(samples, None, torch.device('cpu')).tolist() == [0, 2, 4]
+    assert model._ranking_anchors(samples, torch.tensor([0, 1, 4, 5]),
+                                  torch.device('cpu')).tolist() == [0, 2]
+    with pytest.raises(ValueError, match='anchor'):
+        model._cotap_term(flat(s_maps)[:4], flat(t_maps)[:4], flat(fg)[:4, :, 0],
+                          torch.tensor([1, 0]), torch.tensor([0]), (h, w), G, 2)
+
+
+def test_cls_neighbor_uses_the_global_crops(monkeypatch):
+    inputs, samples = _mixed_batch()
+    for views, expected in (('global', 2), ('all', 4)):
+        model = _build(cls_neighbor_views=views, cluster_start_iter=0)
+        shapes = []
+        fwd = model.cls_neighbor_loss.forward
+        monkeypatch.setattr(model.cls_neighbor_loss, 'forward',
+                            lambda s, c, p, f=fwd: shapes.append(s.shape) or f(s, c, p))
+        model.loss(inputs, samples)
+        assert shapes and shapes[0][0] == expected, views
+    with pytest.raises(ValueError, match='cls_neighbor_views'):
+        _build(cls_neighbor_views='local')
+
+
 def test_queues_survive_a_state_dict_resume():
     model = _build()
     inputs, samples = _batch()
@@ -245,9 +340,11 @@ def test_queues_survive_a_state_dict_resume():
     assert len(model.cls_queue) == n_cls + 8
 
 
-def test_prototype_bank_init_and_entropy():
+@pytest.mark.parametrize('teacher_prototypes', ['ema', 'copy'])
+def test_prototype_bank_init_and_entropy(teacher_prototypes):
     # bank of 16 = the tiny neck's 16 prototypes; 2 x 4 global crops -> 8 samples a step
-    model = _build(bank_size=16, bank_samples_per_step=16, kmeans_iters=20)
+    model = _build(bank_size=16, bank_samples_per_step=16, kmeans_iters=20,
+                   teacher_prototypes=teacher_prototypes)
     inputs, samples = _batch()
     for step in range(2):
         losses = model.loss(inputs, samples)
@@ -257,9 +354,16 @@ def test_prototype_bank_init_and_entropy():
     before = model.teacher['neck'].prototypes.clone()
     losses = model.loss(inputs, samples)
     assert bool(model.neck.prototypes_initialized)
-    assert bool(model.teacher['neck'].prototypes_initialized)
-    torch.testing.assert_close(model.teacher['neck'].prototypes, model.neck.prototypes)
     assert not torch.allclose(before, model.neck.prototypes)
+    if teacher_prototypes == 'copy':
+        assert bool(model.teacher['neck'].prototypes_initialized)
+        torch.testing.assert_close(model.teacher['neck'].prototypes, model.neck.prototypes)
+    else:  # as released: the teacher's prototypes only follow the student's through the EMA
+        torch.testing.assert_close(model.teacher['neck'].prototypes, before)
+        ema_update_(model.teacher['neck'], model.neck, 0.9)
+        torch.testing.assert_close(model.teacher['neck'].prototypes,
+                                   0.9 * before + 0.1 * model.neck.prototypes)
+        assert bool(model.teacher['neck'].prototypes_initialized)  # buffers are copied
     ent = losses['loss_proto_entropy']
     assert torch.isfinite(ent) and 0 < ent.item() <= math.log(16) + 1e-4
     model.zero_grad()

@@ -138,6 +138,7 @@ def test_loss_dc_gradient_skips_substituted_pixels_and_teacher():
 
     def record(name, fn):
         def wrapped(*args, **kwargs):
+            seen[name + '_args'] = args
             seen[name] = fn(*args, **kwargs)
             return seen[name]
         return wrapped
@@ -172,10 +173,11 @@ def test_loss_dc_gradient_skips_substituted_pixels_and_teacher():
             assert sum(grad[src, :, 8 * (p // 8):8 * (p // 8) + 8,
                             8 * (p % 8):8 * (p % 8) + 8].abs().sum() for p in kept) > 0
 
-    # value: 0.3 x mean over (view, extra row, kept token with a foreground code) of the
+    # value: 0.3 x mean over (view, extra row, kept foreground token) of the
     # cross-entropy of the row's student patch-head scores against the clean-view code of its
     # source image at the same position (student temperature of patch_cluster_loss)
-    codes = seen['cluster'][1]  # [G, B, K, 8, 8]
+    codes = seen['cluster'][1]  # [G, B, K, 8, 8], on every patch
+    fg = seen['cluster_args'][4]  # [G, B, 8, 8] teacher foreground
     with torch.no_grad():
         scores = model.patch_head(seen['rows'][4].dc_patch)  # [G, E, 64, K]
     T = model.patch_cluster_loss.student_temp
@@ -185,7 +187,7 @@ def test_loss_dc_gradient_skips_substituted_pixels_and_teacher():
             replace = pool[g * E + k] if k < n else ~pool[g * E + k]
             for p in range(64):
                 code = codes[g, B - E + k, :, p // 8, p % 8]
-                if not replace[p] and code.sum() > 0:
+                if not replace[p] and fg[g, B - E + k, p // 8, p % 8] > 0:
                     tot -= (code * F.log_softmax(scores[g, k, p] / T, dim=-1)).sum().item()
                     cnt += 1
     assert cnt > 0

@@ -2,6 +2,7 @@ import math
 
 import pytest
 import torch
+from torchvision.ops import roi_align
 
 import cotap_mm  # noqa: F401
 from cotap_mm.models.losses import PatchClusterLoss
@@ -34,24 +35,104 @@ def _constant_inputs(seed=0):
 def test_constant_maps_match_pairwise_reference():
     q, s, codes, maps = _constant_inputs()
     fg = torch.ones(2, 2, 8, 8)
-    loss = PatchClusterLoss(student_temp=0.1)
-    out = loss(maps, codes, fg, BOXES, SIZES)
     valid = [(t, c, b) for t in range(2) for c in range(3) for b in range(2)
              if c != t and not (b == 1 and {t, c} == {0, 2})]
-    ref = sum(_ce(q[t, b].tolist(), s[c, b].tolist(), 0.1) for t, c, b in valid) / len(valid)
-    assert out.item() == pytest.approx(ref, rel=1e-5)
+    pairs = [(t, c) for t in range(2) for c in range(3) if c != t]
+
+    def pair_ref(valid):  # per (t, c) pair: mean over its images' cells, then mean over pairs
+        per = []
+        for t, c in pairs:
+            vals = [_ce(q[t, b].tolist(), s[c, b].tolist(), 0.1) for tt, cc, b in valid
+                    if (tt, cc) == (t, c)]
+            per.append(sum(vals) / max(len(vals), 1))
+        return sum(per) / len(pairs)
+
+    def cell_ref(valid):
+        return sum(_ce(q[t, b].tolist(), s[c, b].tolist(), 0.1) for t, c, b in valid) / len(valid)
+
+    for reduction, ref in (('pair', pair_ref), ('cell', cell_ref)):
+        loss = PatchClusterLoss(student_temp=0.1, reduction=reduction)
+        out = loss(maps, codes, fg, BOXES, SIZES)
+        assert out.item() == pytest.approx(ref(valid), rel=1e-5), reduction
+        # teacher background: crop 0 of image 0 has no foreground -> its cells drop out
+        fg0 = fg.clone()
+        fg0[0, 0] = 0
+        out = loss(maps, codes, fg0, BOXES, SIZES)
+        kept = [v for v in valid if not (v[0] == 0 and v[2] == 0)]
+        assert out.item() == pytest.approx(ref(kept), rel=1e-5), reduction
+        # no foreground at all: zero, still differentiable
+        out = loss(maps, codes, torch.zeros(2, 2, 8, 8), BOXES, SIZES)
+        assert out.item() == 0.0 and out.requires_grad
+    assert pair_ref(valid) != pytest.approx(cell_ref(valid), rel=1e-3)  # the two differ here
+    out = PatchClusterLoss()(maps, codes, fg, BOXES, SIZES)
     out.backward()
     assert all(m.grad.abs().sum() > 0 for m in maps)
 
-    # teacher background: crop 0 of image 0 has no foreground -> its pairs drop out
-    fg[0, 0] = 0
-    out = loss(maps, codes, fg, BOXES, SIZES)
-    valid = [v for v in valid if not (v[0] == 0 and v[2] == 0)]
-    ref = sum(_ce(q[t, b].tolist(), s[c, b].tolist(), 0.1) for t, c, b in valid) / len(valid)
-    assert out.item() == pytest.approx(ref, rel=1e-5)
-    # no foreground at all: zero, still differentiable
-    out = loss(maps, codes, torch.zeros(2, 2, 8, 8), BOXES, SIZES)
-    assert out.item() == 0.0 and out.requires_grad
+
+def _released_patch_cluster(codes, fg, student_maps, boxes, sizes, T, patch, roi=6):
+    """Independent port of the released Leopart-style term: per teacher crop t and other crop v,
+    RoI-align (aligned=True) codes / foreground of t and scores of v over their overlap, keep
+    fully-foreground cells, CE summed over kept cells / max(count, 1); sum over v / (V - 1); mean
+    over t. Overlap boxes are computed here from the image boxes (no flips)."""
+    G, B = codes.shape[:2]
+    V = len(student_maps)
+    total = 0.0
+    for t in range(G):
+        sub = 0.0
+        for v in range(V):
+            if v == t:
+                continue
+            bt, bv = [], []
+            for b in range(B):
+                x1 = max(boxes[b, t, 0], boxes[b, v, 0])
+                y1 = max(boxes[b, t, 1], boxes[b, v, 1])
+                x2 = min(boxes[b, t, 2], boxes[b, v, 2])
+                y2 = min(boxes[b, t, 3], boxes[b, v, 3])
+
+                def to_crop(c):  # image coords -> token coords of crop c
+                    sx = sizes[c][1] / float(boxes[b, c, 2] - boxes[b, c, 0])
+                    sy = sizes[c][0] / float(boxes[b, c, 3] - boxes[b, c, 1])
+                    return torch.tensor([[(x1 - boxes[b, c, 0]) * sx, (y1 - boxes[b, c, 1]) * sy,
+                                          (x2 - boxes[b, c, 0]) * sx,
+                                          (y2 - boxes[b, c, 1]) * sy]]) / patch
+
+                bt.append(to_crop(t))
+                bv.append(to_crop(v))
+            q = roi_align(codes[t], bt, roi, aligned=True)
+            keep = (roi_align(fg[t][:, None].float(), bt, roi, aligned=True)[:, 0]
+                    >= 1.0 - 1e-6).float()
+            out = roi_align(student_maps[v], bv, roi, aligned=True)
+            ce = -(q * torch.log_softmax(out / T, dim=1)).sum(dim=1)
+            sub = sub + (ce * keep).sum() / keep.sum().clamp(min=1)
+        total = total + sub / (V - 1)
+    return total / G
+
+
+def test_matches_released_patch_cluster_term():
+    g = torch.Generator().manual_seed(3)
+    B, K_ = 3, 7
+    codes = torch.softmax(torch.randn(2, B, K_, 8, 8, generator=g) * 3, dim=2)
+    fg = torch.zeros(2, B, 8, 8)
+    fg[:, :, 1:7, 2:8] = 1  # large fully-foreground blocks, plus some scattered cells
+    fg = torch.maximum(fg, (torch.rand(2, B, 8, 8, generator=g) > 0.8).float())
+    sizes = [(64, 64), (64, 64), (32, 32), (32, 32)]
+    maps = [torch.randn(B, K_, h // 8, w // 8, generator=g).requires_grad_(True)
+            for h, w in sizes]
+    boxes = torch.tensor([[[0., 0., 80., 80.], [10., 12., 96., 90.], [20., 20., 50., 52.],
+                           [40., 30., 70., 64.]]] * B)
+    boxes[1] += 3.0
+    boxes[2, :, 2:] -= 4.0
+    ref = _released_patch_cluster(codes, fg, maps, boxes, sizes, T=0.1, patch=8)
+    out = PatchClusterLoss(student_temp=0.1, roi_size=6)(maps, codes, fg, boxes, sizes)
+    assert out.item() == pytest.approx(ref.item(), rel=1e-5)
+    g_out = torch.autograd.grad(out, maps)
+    g_ref = torch.autograd.grad(_released_patch_cluster(codes, fg, maps, boxes, sizes, 0.1, 8),
+                                maps)
+    for a, b in zip(g_out, g_ref):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+    # the former defaults (any cell at least half foreground, one mean over all cells) differ
+    old = PatchClusterLoss(fg_threshold=0.5, reduction='cell')(maps, codes, fg, boxes, sizes)
+    assert abs(old.item() - ref.item()) > 1e-3
 
 
 def test_background_codes_do_not_dilute_targets():
@@ -107,5 +188,7 @@ def test_registry_weight_and_errors():
         loss([m[:, :3] for m in maps], codes, fg, BOXES, SIZES)
     with pytest.raises(ValueError, match='fg_threshold'):
         PatchClusterLoss(fg_threshold=1.5)
+    with pytest.raises(ValueError, match='reduction'):
+        PatchClusterLoss(reduction='mean')
     with pytest.raises(ValueError, match='roi_size'):
         PatchClusterLoss(roi_size=0)

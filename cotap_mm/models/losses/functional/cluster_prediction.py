@@ -1,10 +1,12 @@
 """Cross-entropy of student predictions against (Sinkhorn) cluster codes.
 
-CoTAP (`arXiv 2509.09429 <https://arxiv.org/abs/2509.09429>`_, METHOD_cotap §4) trains its
+CoTAP (`arXiv 2509.09429 <https://arxiv.org/abs/2509.09429>`_) trains its
 clustering terms SwAV-style (`arXiv 2006.09882 <https://arxiv.org/abs/2006.09882>`_): the student
 predicts the teacher's soft codes of *another* view with ``log_softmax(scores / T)``.
 
 * :func:`soft_cross_entropy` — masked mean of ``-sum_k q_k log softmax(s / T)_k``.
+* :func:`pairwise_mean_cross_entropy` — the same, averaged per crop pair, then over pairs
+  (``loss_patch_cluster``).
 * :func:`cross_view_code_loss` — all (student crop, teacher crop) pairs of different crops of the
   same image (``loss_cls_cluster``).
 * :func:`neighbor_code_loss` — the partner image's codes as targets for all crop pairs
@@ -17,7 +19,10 @@ import torch.nn.functional as F
 
 from .crop_pairs import different_crop_pairs
 
-__all__ = ['soft_cross_entropy', 'cross_view_code_loss', 'neighbor_code_loss']
+__all__ = [
+    'soft_cross_entropy', 'pairwise_mean_cross_entropy', 'cross_view_code_loss',
+    'neighbor_code_loss'
+]
 
 
 def soft_cross_entropy(student_logits: torch.Tensor,
@@ -56,6 +61,40 @@ def soft_cross_entropy(student_logits: torch.Tensor,
     if float(total) <= 0:
         return student_logits.float().sum() * 0.0
     return (ce * w).sum() / total
+
+
+def pairwise_mean_cross_entropy(student_logits: torch.Tensor,
+                                targets: torch.Tensor,
+                                temperature: float,
+                                mask: torch.Tensor) -> torch.Tensor:
+    """Masked cross-entropy averaged within each crop pair, then over the pairs.
+
+    ``mean_p [sum_{b,i,j} m * ce / max(sum_{b,i,j} m, 1)]`` with ``ce = -sum_k targets_k
+    log_softmax(student_logits / T)_k``: a pair without a counted cell contributes 0 and still
+    counts in the mean over pairs.
+
+    Args:
+        student_logits (Tensor): [P, B, K, S, S] pooled student scores of P crop pairs.
+        targets (Tensor): same shape, probabilities along K (detached here).
+        temperature (float): student temperature T > 0.
+        mask (Tensor): [P, B, S, S] bool or float cell weights.
+
+    Returns:
+        Tensor: float32 scalar (0, still in the graph, when no cell counts).
+    """
+    if student_logits.dim() != 5 or student_logits.shape != targets.shape:
+        raise ValueError(f'student_logits and targets must both be [P, B, K, S, S], got '
+                         f'{tuple(student_logits.shape)} and {tuple(targets.shape)}')
+    if not temperature > 0:
+        raise ValueError(f'temperature must be > 0, got {temperature!r}')
+    P, B, _, S1, S2 = student_logits.shape
+    if tuple(mask.shape) != (P, B, S1, S2):
+        raise ValueError(f'mask must be [P, B, S, S] = {(P, B, S1, S2)}, got {tuple(mask.shape)}')
+    logp = F.log_softmax(student_logits.float() / temperature, dim=2)
+    ce = -(targets.detach().float() * logp).sum(dim=2)  # [P, B, S, S]
+    w = mask.detach().float()
+    per_pair = (ce * w).flatten(1).sum(1) / w.flatten(1).sum(1).clamp_min(1.0)
+    return per_pair.mean() if P else student_logits.float().sum() * 0.0
 
 
 def _check_views(student_logits: torch.Tensor, codes: torch.Tensor) -> None:
