@@ -184,7 +184,8 @@ class CoTAP(TeacherStudentMixin, BaseSelfSupervisor):
         num_random (int): R, random images per anchor. Defaults to 5.
         fg_cfg (dict, optional): kwargs of :func:`foreground_mask`. Defaults to None.
         bank_size (int): prototype bank size. Defaults to 1024.
-        bank_samples_per_step (int): samples enqueued per step. Defaults to 32.
+        bank_samples_per_step (int): samples enqueued per step once the bank is full (before,
+            every sample of the step). Defaults to 32.
         kmeans_iters (int): k-means iterations. Defaults to 3000.
         kmeans_seed (int): k-means seed. Defaults to 0.
         partner_key (str): data-sample field holding the batch position of the partner.
@@ -464,14 +465,17 @@ class CoTAP(TeacherStudentMixin, BaseSelfSupervisor):
             return
         samples = pool_bank_samples(tokens_pre_last[:, 1:].detach().float(), hw,
                                     self.neck.kernel_size)
-        n = min(samples.shape[0], self.bank_samples_per_step, self.bank_size)
+        count = int(self.proto_bank_count.item())
+        # every sample of the step until the bank is full, then bank_samples_per_step
+        per_step = self.bank_size - count if count < self.bank_size else self.bank_samples_per_step
+        n = min(samples.shape[0], per_step, self.bank_size)
         if n < samples.shape[0]:
             samples = samples[torch.randperm(samples.shape[0], device=samples.device)[:n]]
         ptr = int(self.proto_bank_ptr.item())
         idx = (torch.arange(n, device=samples.device) + ptr) % self.bank_size
         self.proto_bank[idx] = samples.to(self.proto_bank.dtype)
         self.proto_bank_ptr.fill_((ptr + n) % self.bank_size)
-        self.proto_bank_count.fill_(min(int(self.proto_bank_count.item()) + n, self.bank_size))
+        self.proto_bank_count.fill_(min(count + n, self.bank_size))
 
     @torch.no_grad()
     def _maybe_init_prototypes(self) -> None:

@@ -340,6 +340,24 @@ def test_queues_survive_a_state_dict_resume():
     assert len(model.cls_queue) == n_cls + 8
 
 
+def test_prototype_bank_takes_every_sample_until_full():
+    """As released: the whole step enters the bank until it is full, then bank_samples_per_step."""
+    model = _build(bank_size=12, bank_samples_per_step=2, kmeans_iters=5,
+                   neck=dict(num_prototypes=8))
+    hw = (4, 4)
+    for step, (count, ptr) in enumerate([(8, 8), (12, 0), (12, 2), (12, 4)]):
+        tokens = torch.randn(8, 17, model.neck.embed_dims) + step  # 8 samples a step
+        model._update_bank(tokens, hw)
+        assert (int(model.proto_bank_count), int(model.proto_bank_ptr)) == (count, ptr), step
+    # the first step's samples are the pooled maps of all 8 images, in order
+    model = _build(bank_size=12, bank_samples_per_step=2, neck=dict(num_prototypes=8))
+    tokens = torch.randn(8, 17, model.neck.embed_dims)
+    model._update_bank(tokens, hw)
+    expected = torch.nn.functional.adaptive_avg_pool2d(
+        tokens[:, 1:].transpose(1, 2).reshape(8, -1, 4, 4), 3)
+    torch.testing.assert_close(model.proto_bank[:8], expected)
+
+
 @pytest.mark.parametrize('teacher_prototypes', ['ema', 'copy'])
 def test_prototype_bank_init_and_entropy(teacher_prototypes):
     # bank of 16 = the tiny neck's 16 prototypes; 2 x 4 global crops -> 8 samples a step
