@@ -1,6 +1,6 @@
 # CoTAP (https://arxiv.org/abs/2509.09429), released run: DINO ViT-S/16 post-pretrained on COCO
-# train2017 + ImageNet-1k train (METHOD_cotap §1, §4-§6; official scripts/run_*.sh and
-# configs/dataset_train/coco+in1k.yaml).
+# train2017 + ImageNet-1k train (released scripts/run_*.sh and configs/dataset_train/coco+in1k.yaml;
+# docs/cotap.md compares this implementation with the released code).
 # Every other released config inherits from this one.
 #   data      every index: one COCO image (patch terms) and one ImageNet image (CLS terms), each with one
 #             of its 7 precomputed k-NN neighbours; 4 GPUs x 28 index groups = 28 COCO + 28 ImageNet
@@ -40,7 +40,7 @@ _base_ = [
 # filter's LayerNorms, the prototypes and the heads are new.
 load_from = 'checkpoints/dino_vits16_cotap.pth'
 
-# official: the prototype bank holds samples of the CLS-branch (ImageNet) images (METHOD_cotap §3)
+# official: the prototype bank holds samples of the CLS-branch (ImageNet) images
 model = dict(bank_sources=('imagenet', ))
 
 coco_neighbors_file = 'data/coco/knn/train2017_dino_vitb16_k7.npz'

@@ -1,5 +1,5 @@
 # CoTAP (https://arxiv.org/abs/2509.09429), COCO-only option (the official code has a COCO-only data
-# config next to coco+in1k, probably for a data ablation, METHOD_cotap §5 / §8): DINO ViT-S/16
+# config next to coco+in1k, probably for a data ablation): DINO ViT-S/16
 # post-pretrained on COCO train2017 alone, every image with one of its 7 precomputed k-NN neighbours;
 # 4 GPUs x 28 anchors (+ neighbours: 56 images per GPU), 240k iterations, AdamW lr 3e-5 (heads 3e-4)
 # cosine to 3e-6, wd cosine 0.024 -> 0.24 (none on norms / biases), fp16 (AmpOptimWrapper; CPU-only:

@@ -85,9 +85,9 @@ class CoTAPFilteredViT(BaseBackbone):
     """CoTAP's evaluation features: last-block tokens ‖ object-aware-filtered tokens, LayerNorm(2C).
 
     Paper: `Semantic Concentration for Self-Supervised Dense Representations Learning
-    <https://arxiv.org/abs/2509.09429>`_. CoTAP's linear segmentation protocol (METHOD_cotap §1,
-    §7.1) probes the 2C-dim patch tokens of the object-aware filter, not the plain ViT output. mmseg's
-    backbone -> neck -> head chain cannot express that (the filter needs the tokens *entering* the
+    <https://arxiv.org/abs/2509.09429>`_. CoTAP's linear segmentation protocol probes the 2C-dim
+    patch tokens of the object-aware filter, not the plain ViT output. mmseg's backbone -> neck ->
+    head chain cannot express that (the filter needs the tokens *entering* the
     last block and the block itself), so this backbone wraps both parts:
 
     ``images [B, 3, H, W] -> backbone.forward_pre_last -> neck(tokens, hw, backbone.last_block)

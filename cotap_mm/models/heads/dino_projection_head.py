@@ -21,16 +21,16 @@ class DINOProjectionHead(BaseModule):
     """MLP -> L2-normalise -> weight-normalised linear layer onto ``num_prototypes`` scores.
 
     Paper: `Semantic Concentration for Self-Supervised Dense Representations Learning
-    <https://arxiv.org/abs/2509.09429>`_ (METHOD_cotap §1): both CoTAP heads are DINO heads on the
+    <https://arxiv.org/abs/2509.09429>`_: both CoTAP heads are DINO heads on the
     2C-dim tokens of the object-aware filter: ``in_channels -> hidden -> hidden -> bottleneck``
     (GELU between layers), L2-normalisation, then a
     weight-normalised linear ``bottleneck -> num_prototypes`` without bias whose norm ``g`` is
     fixed to 1 (DINO's ``norm_last_layer=True``): the output is the cosine of the bottleneck
     feature with each of the ``num_prototypes`` directions ``weight_v``.
 
-    As in DINO's ``DINOHead``, the MLP's last linear layer *has* a bias (``nn.Linear`` default)
-    unless ``last_mlp_bias=False``; METHOD_cotap §1 notes "last without bias" for the 256 ->
-    prototypes layer, which is the weight-normalised layer here (no bias, always).
+    As in DINO's ``DINOHead``, the MLP's last linear layer has a bias unless
+    ``last_mlp_bias=False`` (the released CoTAP heads have none; the CoTAP configs set it). The
+    weight-normalised layer never has a bias.
 
     Patch head (head 0): ``num_prototypes=512``; CLS head (head 1): ``num_prototypes=4096``.
 

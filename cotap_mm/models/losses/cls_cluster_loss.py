@@ -1,7 +1,7 @@
 """SwAV/DINO-style CLS clustering term of CoTAP (``loss_cls_cluster``).
 
 CoTAP: "Semantic Concentration for Self-Supervised Dense Representations Learning",
-https://arxiv.org/abs/2509.09429 (official ``loss_inner_cls_inner``, METHOD_cotap §4), after SwAV,
+https://arxiv.org/abs/2509.09429 (official ``loss_inner_cls_inner``), after SwAV,
 https://arxiv.org/abs/2006.09882.
 """
 from typing import Optional, Sequence
@@ -20,7 +20,7 @@ class ClsClusterLoss(CodePredictionLoss):
     """Every student crop predicts the teacher's Sinkhorn CLS codes of every *other* crop.
 
     Paper: `Semantic Concentration for Self-Supervised Dense Representations Learning
-    <https://arxiv.org/abs/2509.09429>`_ (METHOD_cotap §4). The codes come from the owner
+    <https://arxiv.org/abs/2509.09429>`_. The codes come from the owner
     (:class:`~cotap_mm.models.algorithms.cotap.CoTAP`: Sinkhorn, epsilon 0.07, over the teacher CLS
     vectors of the global crops plus a queue); the loss is :func:`cross_view_code_loss`:
     mean over (teacher crop, other student crop) pairs of

@@ -1,7 +1,7 @@
 """Image-level neighbour consistency term of CoTAP (``loss_cls_neighbor``).
 
 CoTAP: "Semantic Concentration for Self-Supervised Dense Representations Learning",
-https://arxiv.org/abs/2509.09429 (official ``loss_intra_cls_intra``, METHOD_cotap §4).
+https://arxiv.org/abs/2509.09429 (official ``loss_intra_cls_intra``).
 """
 from typing import Optional
 
@@ -19,10 +19,10 @@ class ClsNeighborLoss(CodePredictionLoss):
     """The teacher's Sinkhorn CLS codes of the partner image are the anchor's targets.
 
     Paper: `Semantic Concentration for Self-Supervised Dense Representations Learning
-    <https://arxiv.org/abs/2509.09429>`_ (METHOD_cotap §4: "teacher Sinkhorn code of the
-    neighbour's global crops is the target for the anchor's student prediction and vice versa (all
-    crop pairs), CE with student temperature 0.2"). Loss :func:`neighbor_code_loss`: mean over all
-    student crops of ``u``, all global crops of ``partner[u]`` and all ``u`` of
+    <https://arxiv.org/abs/2509.09429>`_: the teacher Sinkhorn codes of the neighbour's global crops
+    are the targets of the anchor's student predictions and vice versa (all crop pairs), CE with
+    student temperature 0.2. Loss :func:`neighbor_code_loss`: mean over the given
+    student crops of ``u`` (CoTAP passes its global crops), all global crops of ``partner[u]`` and all ``u`` of
     ``-sum_k code_k log_softmax(student / student_temp)_k``; symmetric partners give the
     "vice versa". The codes are those of the CLS clustering term (same Sinkhorn, same queue).
 

@@ -1,7 +1,7 @@
 """Common part of CoTAP's clustering terms: a student temperature and an optional loss weight.
 
 CoTAP: "Semantic Concentration for Self-Supervised Dense Representations Learning",
-https://arxiv.org/abs/2509.09429 (METHOD_cotap §4). :class:`ClsClusterLoss`,
+https://arxiv.org/abs/2509.09429. :class:`ClsClusterLoss`,
 :class:`ClsNeighborLoss` and :class:`PatchClusterLoss` all score student predictions against
 (Sinkhorn) codes with ``-sum_k code_k log_softmax(student / student_temp)_k``.
 """

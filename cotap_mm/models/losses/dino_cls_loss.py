@@ -1,9 +1,9 @@
 """Image-level self-distillation term (DINO cross-entropy on the CLS head) for CoTAP runs.
 
 CoTAP: "Semantic Concentration for Self-Supervised Dense Representations Learning",
-https://arxiv.org/abs/2509.09429. The official CoTAP CLS terms are SwAV/Sinkhorn-style with queues
-(METHOD_cotap §4); this module is the simpler DINO (https://arxiv.org/abs/2104.14294) loss, so
-that a CoTAP run keeps an image-level objective on its own.
+https://arxiv.org/abs/2509.09429. The official CoTAP CLS terms are SwAV/Sinkhorn-style with queues;
+this module is the simpler DINO (https://arxiv.org/abs/2104.14294) loss, so that a CoTAP run keeps
+an image-level objective on its own.
 """
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -118,7 +118,7 @@ class DINOClsLoss(CenteredTeacherLoss):
     """DINO self-distillation loss with a centred, sharpened teacher (CoTAP's image-level term).
 
     Paper: `Semantic Concentration for Self-Supervised Dense Representations Learning
-    <https://arxiv.org/abs/2509.09429>`_ (image-level terms, METHOD_cotap §4) and DINO
+    <https://arxiv.org/abs/2509.09429>`_ (image-level terms) and DINO
     (https://arxiv.org/abs/2104.14294). Our choice: the official CoTAP image-level terms use
     Sinkhorn codes with a queue; DINO's centring is used instead (simpler, no queue), because the
     initialisations (DINO, iBOT) were trained with it.

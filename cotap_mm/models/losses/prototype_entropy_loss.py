@@ -49,7 +49,7 @@ def prototype_entropy(prototypes: torch.Tensor,
 
 @MODELS.register_module()
 class PrototypeEntropyLoss(nn.Module):
-    """Entropy of prototype-to-bank assignments (CoTAP object-aware filter, METHOD_cotap §3).
+    """Entropy of prototype-to-bank assignments (CoTAP object-aware filter).
 
     Paper: `Semantic Concentration for Self-Supervised Dense Representations Learning
     <https://arxiv.org/abs/2509.09429>`_. The only loss that trains the filter's prototypes.

@@ -2,7 +2,7 @@
 
 Paper: Wen et al., "Semantic Concentration for Self-Supervised Dense Representations Learning",
 https://arxiv.org/abs/2509.09429 (CoTAP). The formula follows the official code's
-``HuberAuxiliaryLoss`` (see ``METHOD_cotap.md`` section 2).
+``HuberAuxiliaryLoss``.
 
 For a list of ``n`` items with student scores ``S`` (differentiable) and teacher targets ``T``
 (constant; detached here), every item ``i`` is an anchor:

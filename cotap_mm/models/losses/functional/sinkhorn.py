@@ -1,7 +1,7 @@
 """Sinkhorn-Knopp equipartition of prototype scores (SwAV convention), process-group aware.
 
-Used by CoTAP's clustering terms (`arXiv 2509.09429 <https://arxiv.org/abs/2509.09429>`_,
-METHOD_cotap §4: patch codes with epsilon 0.05, CLS codes with epsilon 0.07, 3 iterations), which
+Used by CoTAP's clustering terms (`arXiv 2509.09429 <https://arxiv.org/abs/2509.09429>`_: patch
+codes with epsilon 0.05, CLS codes with epsilon 0.07, 3 iterations), which
 follow SwAV (`arXiv 2006.09882 <https://arxiv.org/abs/2006.09882>`_, ``distributed_sinkhorn``) and
 Leopart (`arXiv 2204.13101 <https://arxiv.org/abs/2204.13101>`_).
 """
