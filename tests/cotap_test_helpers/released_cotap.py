@@ -8,19 +8,28 @@ prototypes [M, C, K, K]; ``projection_heads.0/1`` are the patch / CLS heads), th
 written our own way (scores through ``unfold`` instead of a per-head convolution, explicit loops
 over heads) so that a shared mistake is unlikely.
 
+The release builds the filter's three LayerNorms in *every* ``Block`` (only the last block's are
+used: ``selective_layer_start`` = depth - 1), so its checkpoints carry ``blocks.N.norm_in`` etc. for
+every N; ``ReleasedViT(filter_norms_in_every_block=True)`` (the default) writes them the same way.
+The release trains the ViT inside a PyTorch-Lightning module (``train.py``: ``MaimModel.net`` = the
+student, ``MaimModel.net_teacher`` = the EMA teacher, both ``DinoFeaturizer`` s holding the ViT as
+``.model``); :func:`released_training_checkpoint` wraps state dicts the way its ``ModelCheckpoint``
+saves them.
+
 Two things differ on purpose: the release normalises raw [0, 1] images inside the model (ImageNet
 mean / std); this port takes already-normalised images, as our data preprocessor hands them to the
 backbone. And ``layer_scale`` multiplies the attention / MLP branches, which the release's DINO ViT
-does not have (0 disables it, as in the release): our blocks support it (DINOv2 starts).
+does not have (0 disables it, as in the release): our blocks support it (DINOv2 starts); its
+parameters are named as in DINOv2 checkpoints, ``blocks.N.ls1.gamma`` / ``ls2.gamma``.
 """
 import math
-from typing import Dict, Optional, Tuple
+from typing import Any, Dict, Mapping, Optional, Tuple
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-__all__ = ['ReleasedBlock', 'ReleasedViT', 'released_filter_scores']
+__all__ = ['ReleasedBlock', 'ReleasedViT', 'released_filter_scores', 'released_training_checkpoint']
 
 
 def released_filter_scores(q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
@@ -60,6 +69,14 @@ class _Mlp(nn.Module):
         return self.fc2(F.gelu(self.fc1(x)))
 
 
+class _LayerScale(nn.Module):
+    """DINOv2's ``LayerScale`` (parameter ``gamma``)."""
+
+    def __init__(self, dim: int, value: float) -> None:
+        super().__init__()
+        self.gamma = nn.Parameter(torch.full((dim, ), value))
+
+
 class ReleasedBlock(nn.Module):
     """A DINO ViT block; ``filtered=True`` adds the released filter's three LayerNorms."""
 
@@ -75,8 +92,18 @@ class ReleasedBlock(nn.Module):
             self.norm_in = nn.LayerNorm(dim, eps=eps)
             self.norm_out_patch = nn.LayerNorm(2 * dim, eps=eps)
             self.norm_out_cls = nn.LayerNorm(2 * dim, eps=eps)
-        self.gamma1 = nn.Parameter(torch.full((dim, ), layer_scale)) if layer_scale else None
-        self.gamma2 = nn.Parameter(torch.full((dim, ), layer_scale)) if layer_scale else None
+        self.ls1 = _LayerScale(dim, layer_scale) if layer_scale else None
+        self.ls2 = _LayerScale(dim, layer_scale) if layer_scale else None
+
+    @property
+    def gamma1(self) -> Optional[torch.Tensor]:
+        """Layer scale of the attention branch (None without)."""
+        return None if self.ls1 is None else self.ls1.gamma
+
+    @property
+    def gamma2(self) -> Optional[torch.Tensor]:
+        """Layer scale of the MLP branch (None without)."""
+        return None if self.ls2 is None else self.ls2.gamma
 
     def _scaled(self, x: torch.Tensor, gamma: Optional[torch.Tensor]) -> torch.Tensor:
         return x if gamma is None else x * gamma
@@ -181,12 +208,17 @@ class _Projector(nn.Module):
 
 
 class ReleasedViT(nn.Module):
-    """A small released-layout CoTAP ViT (filter in the last block) with its two heads."""
+    """A small released-layout CoTAP ViT (filter in the last block) with its two heads.
+
+    ``state_dict()`` is a checkpoint in the release's ViT layout (no final ``norm``, as the
+    release's ``VisionTransformer``); ``filter_norms_in_every_block=False`` keeps the filter's
+    LayerNorms in the last block only."""
 
     def __init__(self, dim: int = 32, depth: int = 2, heads: int = 2, hidden: int = 64,
                  patch: int = 16, img_size: int = 64, num_prototypes: int = 8,
                  kernel_size: int = 3, head_hidden: int = 48, bottleneck: int = 16,
-                 head_prototypes: Tuple[int, int] = (24, 40), layer_scale: float = 0.0) -> None:
+                 head_prototypes: Tuple[int, int] = (24, 40), layer_scale: float = 0.0,
+                 filter_norms_in_every_block: bool = True) -> None:
         super().__init__()
         self.patch = patch
         self.patch_embed = nn.Module()
@@ -195,7 +227,8 @@ class ReleasedViT(nn.Module):
         self.cls_token = nn.Parameter(torch.randn(1, 1, dim) * 0.02)
         self.pos_embed = nn.Parameter(torch.randn(1, 1 + grid * grid, dim) * 0.02)
         self.blocks = nn.ModuleList([
-            ReleasedBlock(dim, heads, hidden, filtered=(i == depth - 1), layer_scale=layer_scale)
+            ReleasedBlock(dim, heads, hidden, filtered=filter_norms_in_every_block or i == depth - 1,
+                          layer_scale=layer_scale)
             for i in range(depth)
         ])
         self.kernel = nn.Parameter(torch.randn(num_prototypes, dim, kernel_size, kernel_size))
@@ -225,3 +258,26 @@ class ReleasedViT(nn.Module):
         cls, patches = self.get_last_feature(x)
         patches = patches.flatten(2).transpose(1, 2)
         return dict(patch=self.projection_heads[0](patches), cls=self.projection_heads[1](cls))
+
+
+def released_training_checkpoint(student: Mapping[str, torch.Tensor],
+                                 teacher: Optional[Mapping[str, torch.Tensor]] = None,
+                                 extra: Optional[Mapping[str, torch.Tensor]] = None
+                                 ) -> Dict[str, Any]:
+    """What the release's ``train.py`` (PyTorch Lightning ``ModelCheckpoint``) saves, plain data only.
+
+    Args:
+        student: the student ViT's state dict (saved as ``net.model.*``).
+        teacher: the EMA teacher's (``net_teacher.model.*``); None leaves it out.
+        extra: further ``state_dict`` entries (e.g. ``tester.*`` of the Lightning module).
+
+    Returns:
+        ``{'state_dict': ..., 'epoch', 'global_step', 'pytorch-lightning_version',
+        'hyper_parameters'}`` (the release pickles its OmegaConf config there; a plain dict here).
+    """
+    state = {'net.model.' + k: v for k, v in student.items()}
+    if teacher is not None:
+        state.update({'net_teacher.model.' + k: v for k, v in teacher.items()})
+    state.update(extra or {})
+    return {'epoch': 0, 'global_step': 10000, 'pytorch-lightning_version': '1.9.0',
+            'state_dict': state, 'hyper_parameters': {'cfg': {'model': {'vit_type': 'depth'}}}}
