@@ -140,10 +140,14 @@ class ReleasedBlock(nn.Module):
         z = y + self._scaled(self.attn.proj(attn_out), self.gamma1)
         return z + self._scaled(self.mlp(self.norm2(z)), self.gamma2)
 
-    def filter_patches(self, y: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
-        """Released ``forward_kernel_patch`` on the block output ``y`` [B, 1+N, C] -> [B, N, 2C]."""
+    def filter_patches(self, y: torch.Tensor, kernel: torch.Tensor,
+                       hw: Optional[Tuple[int, int]] = None) -> torch.Tensor:
+        """Released ``forward_kernel_patch`` on the block output ``y`` [B, 1+N, C] -> [B, N, 2C].
+
+        The release takes square grids only; ``hw`` extends the same math to an (h, w) grid.
+        """
         B, L, C = y.shape
-        h = w = int(math.isqrt(L - 1))
+        h, w = hw if hw is not None else (int(math.isqrt(L - 1)), ) * 2
         d, M = C // self.heads, kernel.shape[0]
         yp = y[:, 1:]
         q_all = self.attn.qkv(self.norm1(yp))[..., :C]

@@ -7,7 +7,7 @@ from cotap_mm.models.backbones.cotap_vit import CoTAPViT
 from cotap_mm.models.necks.object_prototype_neck import ObjectPrototypeNeck
 from cotap_mm.models.necks.prototype_ops import (kmeans_prototypes, pool_bank_samples,
                                                  prototype_conv_scores)
-from cotap_test_helpers.released_cotap import ReleasedBlock, released_filter_scores
+from cotap_test_helpers.released_cotap import ReleasedBlock
 
 TINY = dict(embed_dims=32, num_layers=2, num_heads=2, feedforward_channels=64)
 
@@ -119,44 +119,14 @@ def test_neck_equals_released_filter(layer_scale, drop_path):
     with torch.no_grad():
         tokens, hw = vit.forward_pre_last(x)
         cls, patches = neck(tokens, hw, vit.last_block)
-        # the port assumes a square grid for its patch map: run it per image on the 4 x 3 grid
-        # through a square-grid-free path (scores via unfold on [h, w])
         y, _ = ref(tokens)
         ref_cls = ref.filter_cls(y, neck.prototypes)
-        ref_patch = _filter_patches_hw(ref, y, neck.prototypes, hw)
+        ref_patch = ref.filter_patches(y, neck.prototypes, hw)  # a 4 x 3 grid
         # the reading that feeds the tokens entering the block to the filter is not the release
-        wrong = _filter_patches_hw(ref, tokens, neck.prototypes, hw)
+        wrong = ref.filter_patches(tokens, neck.prototypes, hw)
     torch.testing.assert_close(cls, ref_cls, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(patches, ref_patch, atol=1e-5, rtol=1e-5)
     assert (wrong - patches).abs().max() > 1e-2
-
-
-def _filter_patches_hw(ref, y, kernel, hw):
-    """``ReleasedBlock.filter_patches`` for a non-square grid (the release only takes squares)."""
-    h, w = hw
-    B, L, C = y.shape
-    d, M = C // ref.heads, kernel.shape[0]
-    yp = y[:, 1:]
-    q_all = ref.attn.qkv(ref.norm1(yp))[..., :C]
-    k, v = ref._prototype_kv(kernel)
-    outs = []
-    for hd in range(ref.heads):
-        sl = slice(hd * d, (hd + 1) * d)
-        scores = released_filter_scores(q_all[..., sl].reshape(B, h, w, d), k[..., sl])
-        outs.append(torch.softmax(scores * M**-0.5, dim=-1) @ v[..., sl].mean(dim=(1, 2)))
-    z = ref._finish(yp, torch.cat(outs, dim=-1))
-    return ref.norm_out_patch(torch.cat([yp, z], dim=-1))
-
-
-def test_released_port_square_grid_matches_hw_path():
-    """The port's own square-grid path and the hw path used above agree (the port is consistent)."""
-    torch.manual_seed(1)
-    ref = ReleasedBlock(32, 2, 64, filtered=True).eval()
-    y = torch.randn(2, 1 + 16, 32)
-    kernel = torch.randn(5, 32, 3, 3)
-    with torch.no_grad():
-        torch.testing.assert_close(ref.filter_patches(y, kernel),
-                                   _filter_patches_hw(ref, y, kernel, (4, 4)))
 
 
 def test_no_grad_to_prototypes_but_to_everything_else():
