@@ -292,8 +292,9 @@ def _one_batch(cfg):
 
 
 def _loss_calls(cfg, batch, num: int = 3):
-    """``num`` loss() calls of the config's model with a tiny backbone (bank of 8, 4 per step:
-    full after the second call, k-means, so the prototype term is on from the third)."""
+    """``num`` loss() calls of the config's model with a tiny backbone (bank of 8, which takes
+    every sample of a step until full: full after the first call, k-means at the start of the
+    second, so the prototype term is on from the second)."""
     shrink_cotap_model(cfg)
     torch.manual_seed(0)
     model = MODELS.build(cfg.model)
@@ -329,7 +330,7 @@ def test_mixed_config_pulls_a_batch_and_trains(tmp_path):
         assert first[key] == 0 and second[key] > 0, key
     assert second['loss_cotap'] > 0
     # the prototype bank (ImageNet images) filled up, k-means ran, the entropy term is on
-    assert second['loss_proto_entropy'] == 0 and third['loss_proto_entropy'] > 0
+    assert first['loss_proto_entropy'] == 0 and second['loss_proto_entropy'] > 0
 
 
 def test_coco_only_config_feeds_the_cls_terms(tmp_path):
