@@ -38,7 +38,7 @@ ExtractFn = Callable[[torch.Tensor], torch.Tensor]
 
 __all__ = [
     'topk_cosine', 'knn_vote', 'sample_memory_patches', 'patches_per_image', 'build_memory_bank',
-    'nn_retrieval_predict', 'nn_retrieval_eval'
+    'nn_retrieval_predict', 'nn_retrieval_eval', 'dense_nn_retrieval'
 ]
 
 
@@ -321,13 +321,79 @@ def nn_retrieval_eval(train_feats: ArrayLike,
     mem_f, mem_l = sample_memory_patches(train_feats, train_masks, per_image, gen, ignore_index)
     if mem_f.shape[0] == 0:
         raise ValueError('train_masks hold no labelled patch: the memory bank is empty')
-    cm = torch.zeros(num_classes, num_classes, dtype=torch.long, device=val_masks.device)
-    for s in range(0, val_feats.shape[0], image_batch):
-        pred = nn_retrieval_predict(val_feats[s:s + image_batch], mem_f, mem_l, num_classes,
-                                    tuple(val_masks.shape[-2:]), k, temperature, query_chunk,
-                                    memory_chunk)
-        cm += confusion_matrix(pred, val_masks[s:s + image_batch], num_classes, ignore_index)
+    batches = ((val_feats[s:s + image_batch], val_masks[s:s + image_batch])
+               for s in range(0, val_feats.shape[0], image_batch))
+    cm = _retrieval_confusion(batches, mem_f, mem_l, num_classes, k, temperature, ignore_index,
+                              query_chunk, memory_chunk)
+    return _retrieval_result(cm, mem_f.shape[0], k, temperature)
+
+
+def _retrieval_confusion(batches: Iterable[Tuple[torch.Tensor, torch.Tensor]],
+                         mem_f: torch.Tensor, mem_l: torch.Tensor, num_classes: int, k: int,
+                         temperature: float, ignore_index: int, query_chunk: int,
+                         memory_chunk: int) -> torch.Tensor:
+    """Confusion matrix of the retrieval predictions over ``(feats, masks)`` batches."""
+    cm: Optional[torch.Tensor] = None
+    for feats, masks in batches:
+        pred = nn_retrieval_predict(feats, mem_f, mem_l, num_classes, tuple(masks.shape[-2:]), k,
+                                    temperature, query_chunk, memory_chunk)
+        part = confusion_matrix(pred, masks, num_classes, ignore_index)
+        cm = part if cm is None else cm + part.to(cm.device)
+    if cm is None:
+        raise ValueError('no query image')
+    return cm
+
+
+def _retrieval_result(cm: torch.Tensor, memory_entries: int, k: int,
+                      temperature: float) -> Dict[str, Any]:
     res = miou_from_confusion(cm)
-    res.update(confusion=cm.cpu().numpy(), memory_entries=int(mem_f.shape[0]), k=k,
+    res.update(confusion=cm.cpu().numpy(), memory_entries=int(memory_entries), k=k,
                temperature=temperature)
     return res
+
+
+@torch.no_grad()
+def dense_nn_retrieval(extract: ExtractFn,
+                       train_data: Union[Tuple[ArrayLike, ArrayLike], Iterable],
+                       val_data: Union[Tuple[ArrayLike, ArrayLike], Iterable],
+                       num_classes: int,
+                       per_image: Optional[int] = None,
+                       k: int = 30,
+                       temperature: float = 0.02,
+                       seed: int = 0,
+                       batch_size: int = 16,
+                       device: Union[str, torch.device, None] = None,
+                       ignore_index: int = 255,
+                       query_chunk: int = 1024,
+                       memory_chunk: int = 131072) -> Dict[str, Any]:
+    """Dense NN retrieval of a frozen extractor, streamed (no feature set is cached whole).
+
+    The memory bank comes from :func:`build_memory_bank` on ``train_data`` (``per_image`` patches
+    per image, see :func:`patches_per_image`), the queries from ``val_data`` batch by batch; the
+    result equals :func:`nn_retrieval_eval` on the cached features.
+
+    Args:
+        extract (Callable): ``images [B, 3, H, W] (0-255 RGB) -> [B, D, h, w]``, frozen.
+        train_data / val_data: ``(images, masks)`` arrays or iterables of batches (see
+            :func:`~.linear_probe.extract_features`).
+        num_classes (int): C.
+        per_image (int, optional): memory patches per training image. Defaults to None (all).
+        k / temperature / seed / ignore_index / query_chunk / memory_chunk: see
+            :func:`nn_retrieval_eval`.
+        batch_size (int): images per forward for array data. Defaults to 16.
+        device: where images are sent. Defaults to None.
+
+    Returns:
+        dict: as :func:`nn_retrieval_eval`.
+    """
+    mem_f, mem_l = build_memory_bank(extract, train_data, per_image, seed, batch_size, device,
+                                     ignore_index)
+
+    def batches() -> Iterable[Tuple[torch.Tensor, torch.Tensor]]:
+        for imgs, masks in _iter_batches(val_data, batch_size, 'val_data'):
+            feats = extract(imgs if device is None else imgs.to(device))
+            yield feats, masks.to(feats.device)
+
+    cm = _retrieval_confusion(batches(), mem_f, mem_l, num_classes, k, temperature, ignore_index,
+                              query_chunk, memory_chunk)
+    return _retrieval_result(cm, mem_f.shape[0], k, temperature)

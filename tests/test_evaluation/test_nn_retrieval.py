@@ -5,9 +5,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from cotap_mm.evaluation.nn_retrieval import (build_memory_bank, knn_vote, nn_retrieval_eval,
-                                              nn_retrieval_predict, patches_per_image,
-                                              sample_memory_patches, topk_cosine)
+from cotap_mm.evaluation.nn_retrieval import (build_memory_bank, dense_nn_retrieval, knn_vote,
+                                              nn_retrieval_eval, nn_retrieval_predict,
+                                              patches_per_image, sample_memory_patches,
+                                              topk_cosine)
 
 
 def _brute_predict(q_feats, mem_f, mem_l, num_classes, out_size, k, t):
@@ -148,3 +149,20 @@ def test_build_memory_bank_streams_like_cached():
     assert half.dtype == torch.float16
     with pytest.raises(ValueError, match='no labelled patch'):
         build_memory_bank(extract, (images, torch.full_like(masks, 255)), per_image=None)
+
+
+def test_dense_nn_retrieval_streamed_equals_cached():
+    g = torch.Generator().manual_seed(6)
+    proj = torch.randn(4, 3, generator=g)
+
+    def extract(x):
+        return torch.einsum('dc,bchw->bdhw', proj, F.avg_pool2d(x, 4))
+
+    tr = (torch.rand(6, 3, 16, 16, generator=g) * 255, torch.randint(0, 3, (6, 16, 16), generator=g))
+    va = (torch.rand(3, 3, 16, 16, generator=g) * 255, torch.randint(0, 3, (3, 16, 16), generator=g))
+    got = dense_nn_retrieval(extract, tr, va, 3, per_image=5, k=4, temperature=0.1, seed=2,
+                             batch_size=4)
+    ref = nn_retrieval_eval(extract(tr[0]), tr[1], extract(va[0]), va[1], 3, memory_size=30, k=4,
+                            temperature=0.1, seed=2)
+    np.testing.assert_array_equal(got['confusion'], ref['confusion'])
+    assert got['memory_entries'] == ref['memory_entries'] == 30
