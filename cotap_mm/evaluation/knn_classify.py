@@ -144,12 +144,14 @@ def knn_accuracy(train_feats: ArrayLike, train_labels: ArrayLike, val_feats: Arr
 
 
 def knn_sweep(train_feats: ArrayLike, train_labels: ArrayLike, val_feats: ArrayLike,
-              val_labels: ArrayLike, num_classes: int, ks: Sequence[int] = (10, 20, 100, 200),
-              temperatures: Sequence[float] = (0.02, 0.07, 0.1), top: Sequence[int] = (1, 5),
+              val_labels: ArrayLike, num_classes: int, ks: Sequence[int] = (5, 10, 20, 50, 100),
+              temperatures: Sequence[float] = (0.05, 0.07, 0.1, 0.15, 0.2),
+              top: Sequence[int] = (1, 5),
               query_chunk: int = 1024, memory_chunk: int = 131072) -> Dict[str, Any]:
     """Weighted k-NN over a grid of ``k`` x ``T``; the best by top-1 is chosen on ``val`` itself.
 
-    One search with ``max(ks)`` neighbours serves every ``k`` (the neighbours are sorted).
+    One search with ``max(ks)`` neighbours serves every ``k`` (the neighbours are sorted). The
+    default grid is the released CoTAP code's (k in 5..100, T in 0.05..0.2).
 
     Returns:
         dict: ``table`` (one dict per ``(k, T)``: ``k``, ``temperature``, ``top1``, ...),

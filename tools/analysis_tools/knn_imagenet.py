@@ -53,8 +53,9 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     p.add_argument('--temperature', type=float, default=0.07)
     p.add_argument('--sweep', action='store_true',
                    help='also score a k x T grid (best selected on val: optimistic)')
-    p.add_argument('--sweep-k', type=int, nargs='+', default=[10, 20, 100, 200])
-    p.add_argument('--sweep-t', type=float, nargs='+', default=[0.02, 0.07, 0.1])
+    # the released CoTAP code's grid
+    p.add_argument('--sweep-k', type=int, nargs='+', default=[5, 10, 20, 50, 100])
+    p.add_argument('--sweep-t', type=float, nargs='+', default=[0.05, 0.07, 0.1, 0.15, 0.2])
     p.add_argument('--batch-size', type=int, default=64)
     p.add_argument('--device', default='cpu')
     p.add_argument('--out-json', default=None)
