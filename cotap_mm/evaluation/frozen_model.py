@@ -62,7 +62,8 @@ def load_frozen_model(config: Union[str, Config],
         checkpoint (str, optional): checkpoint file (``state_dict`` / ``model`` entry or bare; a
             ``module.`` prefix is dropped); None = random initialisation.
         branch (str): ``'student'`` (default: ``backbone.*`` / ``neck.*``, also what
-            ``publish_model.py`` writes) or ``'teacher'`` (``teacher.backbone.*`` / ``teacher.neck.*``
+            ``publish_model.py`` writes) or ``'teacher'`` (``teacher.backbone.*`` /
+            ``teacher.neck.*``
             of a CoTAP / DINO training checkpoint, loaded into the same slots).
         cfg_options (dict, optional): ``--cfg-options``-style overrides merged into the config.
         device (str | torch.device): Defaults to 'cpu'.

@@ -53,7 +53,8 @@ def _float_tensor(name: str, x: ArrayLike, ndim: int) -> torch.Tensor:
         x = torch.from_numpy(np.ascontiguousarray(x))
     if not isinstance(x, torch.Tensor) or not x.is_floating_point() or x.ndim != ndim:
         raise ValueError(f'{name} must be a floating point tensor with {ndim} dims, got '
-                         f'{tuple(getattr(x, "shape", ()))} {getattr(x, "dtype", type(x).__name__)}')
+                         f'{tuple(getattr(x, "shape", ()))} '
+                         f'{getattr(x, "dtype", type(x).__name__)}')
     return x
 
 

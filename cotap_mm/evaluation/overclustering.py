@@ -17,11 +17,12 @@ and the mapped map is scored with the project's mIoU (:func:`~.linear_probe.conf
 the whole set, :func:`~.linear_probe.miou_from_confusion`; ``ignore_index`` pixels dropped). The
 mapping is fitted on the labels it is scored on, as in the references (no training, no other split).
 
-k-means (:func:`kmeans`) is plain torch: Lloyd iterations with the distances computed in chunks of
-``chunk_size`` points (CPU or GPU, on the features' device), k-means++ or random initialisation drawn
-from a CPU ``torch.Generator`` seeded with ``seed`` (the same on every device), empty clusters moved
-to the points farthest from their centroids, ``n_init`` restarts keeping the lowest inertia. Leopart
-uses faiss' k-means; results differ by the initialisation only.
+k-means (:func:`kmeans`) is plain torch: Lloyd iterations with the distances computed in chunks
+of ``chunk_size`` points (CPU or GPU, on the features' device), k-means++ or random
+initialisation drawn from a CPU ``torch.Generator`` seeded with ``seed`` (the same on every
+device), empty clusters moved to the points farthest from their centroids, ``n_init`` restarts
+keeping the lowest inertia. Leopart uses faiss' k-means; results differ by the initialisation
+only.
 """
 from typing import Any, Dict, Optional, Tuple, Union
 
@@ -34,8 +35,8 @@ from .linear_probe import _as_long_tensor, confusion_matrix, miou_from_confusion
 ArrayLike = Union[np.ndarray, torch.Tensor]
 
 __all__ = [
-    'pairwise_sq_dists', 'assign_to_centroids', 'update_centroids', 'kmeans_plusplus_init', 'kmeans',
-    'cluster_class_counts', 'hungarian_mapping', 'majority_mapping', 'upsample_label_map',
+    'pairwise_sq_dists', 'assign_to_centroids', 'update_centroids', 'kmeans_plusplus_init',
+    'kmeans', 'cluster_class_counts', 'hungarian_mapping', 'majority_mapping', 'upsample_label_map',
     'overclustering_eval'
 ]
 
@@ -252,7 +253,8 @@ def cluster_class_counts(clusters: ArrayLike, labels: ArrayLike, num_clusters: i
     Returns:
         Tensor: int64 ``[K, C]`` (on ``labels``' device).
     """
-    n = max(_check_pos_int('num_clusters', num_clusters), _check_pos_int('num_classes', num_classes))
+    n = max(_check_pos_int('num_clusters', num_clusters),
+            _check_pos_int('num_classes', num_classes))
     cm = confusion_matrix(clusters, labels, n, ignore_index)  # cm[label, cluster]
     if num_classes < n and bool((cm[num_classes:] > 0).any()):
         raise ValueError(f'labels must be in [0, {num_classes}) or ignore_index={ignore_index}')

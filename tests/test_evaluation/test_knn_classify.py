@@ -11,23 +11,10 @@ from cotap_mm.evaluation.knn_classify import (build_cls_feature_extractor, knn_a
                                               knn_scores, knn_sweep)
 from cotap_test_helpers.cotap_checkpoint import (DEMO_CONFIG, build_tiny_cotap,
                                                  save_cotap_checkpoint)
+from cotap_test_helpers.knn_reference import brute_knn_votes
 from cotap_test_helpers.tool_runs import load_tool
 
 ARCH = dict(embed_dims=32, num_layers=2, num_heads=2, feedforward_channels=64)
-
-
-def _dino_knn(train_f, train_y, q, num_classes, k, t):
-    """Independent reference, as DINO's eval_knn: normalise, sort all similarities, weights
-    exp(sim / T) (not normalised), summed per class."""
-    tf = train_f / np.linalg.norm(train_f, axis=1, keepdims=True)
-    qf = q / np.linalg.norm(q, axis=1, keepdims=True)
-    out = np.zeros((q.shape[0], num_classes))
-    for i in range(q.shape[0]):
-        s = tf @ qf[i]
-        nn_idx = np.argsort(-s, kind='stable')[:k]
-        for j in nn_idx:
-            out[i, train_y[j]] += np.exp(s[j] / t)
-    return out
 
 
 def test_knn_scores_rank_like_dinos_vote():
@@ -35,9 +22,10 @@ def test_knn_scores_rank_like_dinos_vote():
     tf = rng.normal(size=(50, 8))
     ty = rng.integers(0, 4, 50)
     q = rng.normal(size=(12, 8))
-    ref = _dino_knn(tf, ty, q, 4, 7, 0.07)
-    got = knn_scores(torch.from_numpy(tf).float(), torch.from_numpy(ty), torch.from_numpy(q).float(),
-                     4, k=7, temperature=0.07, query_chunk=5, memory_chunk=9).double().numpy()
+    ref = brute_knn_votes(tf, ty, q, 4, 7, 0.07)  # DINO's un-normalised exp(sim / T) weights
+    got = knn_scores(torch.from_numpy(tf).float(), torch.from_numpy(ty),
+                     torch.from_numpy(q).float(), 4, k=7, temperature=0.07, query_chunk=5,
+                     memory_chunk=9).double().numpy()
     # the same vote up to the per-image normalisation
     np.testing.assert_allclose(got, ref / ref.sum(1, keepdims=True), rtol=1e-4, atol=1e-7)
 

@@ -9,24 +9,15 @@ from cotap_mm.evaluation.nn_retrieval import (build_memory_bank, dense_nn_retrie
                                               nn_retrieval_eval, nn_retrieval_predict,
                                               patches_per_image, sample_memory_patches,
                                               topk_cosine)
+from cotap_test_helpers.knn_reference import brute_knn_votes
 
 
 def _brute_predict(q_feats, mem_f, mem_l, num_classes, out_size, k, t):
-    """Independent reference: per patch, sort all cosine similarities in numpy, softmax over the
-    k best, sum per class; then bilinear upsampling of the score maps and argmax."""
+    """Independent reference: the brute-force vote per patch, then bilinear upsampling of the
+    score maps and argmax."""
     b, d, h, w = q_feats.shape
-    q = q_feats.permute(0, 2, 3, 1).reshape(-1, d).double().numpy()
-    m = mem_f.double().numpy()
-    q = q / np.linalg.norm(q, axis=1, keepdims=True)
-    m = m / np.linalg.norm(m, axis=1, keepdims=True)
-    scores = np.zeros((q.shape[0], num_classes))
-    for i in range(q.shape[0]):
-        s = m @ q[i]
-        order = np.argsort(-s, kind='stable')[:k]
-        wts = np.exp((s[order] - s[order].max()) / t)
-        wts /= wts.sum()
-        for j, o in enumerate(order):
-            scores[i, int(mem_l[o])] += wts[j]
+    q = q_feats.permute(0, 2, 3, 1).reshape(-1, d).numpy()
+    scores = brute_knn_votes(mem_f.numpy(), mem_l.numpy(), q, num_classes, k, t, normalise=True)
     sc = torch.from_numpy(scores).float().reshape(b, h, w, num_classes).permute(0, 3, 1, 2)
     return F.interpolate(sc, size=out_size, mode='bilinear', align_corners=False).argmax(1)
 
@@ -158,8 +149,10 @@ def test_dense_nn_retrieval_streamed_equals_cached():
     def extract(x):
         return torch.einsum('dc,bchw->bdhw', proj, F.avg_pool2d(x, 4))
 
-    tr = (torch.rand(6, 3, 16, 16, generator=g) * 255, torch.randint(0, 3, (6, 16, 16), generator=g))
-    va = (torch.rand(3, 3, 16, 16, generator=g) * 255, torch.randint(0, 3, (3, 16, 16), generator=g))
+    tr = (torch.rand(6, 3, 16, 16, generator=g) * 255,
+          torch.randint(0, 3, (6, 16, 16), generator=g))
+    va = (torch.rand(3, 3, 16, 16, generator=g) * 255,
+          torch.randint(0, 3, (3, 16, 16), generator=g))
     got = dense_nn_retrieval(extract, tr, va, 3, per_image=5, k=4, temperature=0.1, seed=2,
                              batch_size=4)
     ref = nn_retrieval_eval(extract(tr[0]), tr[1], extract(va[0]), va[1], 3, memory_size=30, k=4,

@@ -15,9 +15,10 @@ every number and a Markdown table (one row per feature set).
 
 Examples::
 
-    python tools/analysis_tools/score_checkpoint.py configs/cotap/cotap_vit-small-p16_4xb28-240k_coco.py \
-        work_dirs/cotap/iter_240000.pth --dataset voc --data-root data/VOCdevkit/VOC2012 \
-        --image-size 448 --device cuda --out-json scores/voc.json --out-md scores/voc.md
+    python tools/analysis_tools/score_checkpoint.py \
+        configs/cotap/cotap_vit-small-p16_4xb28-240k_coco.py work_dirs/cotap/iter_240000.pth \
+        --dataset voc --data-root data/VOCdevkit/VOC2012 --image-size 448 --device cuda \
+        --out-json scores/voc.json --out-md scores/voc.md
     # the generated scenes, in memory (no data root) or a make_synthetic_scenes.py folder
     python tools/analysis_tools/score_checkpoint.py CONFIG CKPT --dataset synthetic --clusters 20
 """

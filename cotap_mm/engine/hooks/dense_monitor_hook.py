@@ -27,7 +27,7 @@ __all__ = ['DenseMonitorHook']
 
 @HOOKS.register_module()
 class DenseMonitorHook(Hook):
-    """Every ``interval`` iterations: dense NN retrieval mIoU on a small labelled set; keep the best.
+    """Every ``interval`` iterations: NN retrieval mIoU on a small labelled set; keep the best.
 
     The memory bank is built from ``train_dataset``, the queries come from ``val_dataset`` (both
     mmseg dataset configs read in their on-disk layout by
@@ -187,7 +187,8 @@ class DenseMonitorHook(Hook):
         path = osp.join(self.out_dir, name)
         tmp = osp.join(self.out_dir, f'.{name}.tmp')
         try:
-            runner.save_checkpoint(self.out_dir, osp.basename(tmp), save_optimizer=self.save_optimizer,
+            runner.save_checkpoint(self.out_dir, osp.basename(tmp),
+                                   save_optimizer=self.save_optimizer,
                                    save_param_scheduler=False, by_epoch=False)
             if not osp.isfile(tmp):
                 raise FileNotFoundError(f'DenseMonitorHook: runner.save_checkpoint wrote no {tmp}')

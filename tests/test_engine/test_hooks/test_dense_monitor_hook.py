@@ -3,7 +3,6 @@ import json
 import logging
 import os
 import os.path as osp
-from types import SimpleNamespace
 
 import pytest
 import torch
