@@ -32,6 +32,7 @@ import torch.nn.functional as F
 
 from .dispersion import patch_majority_labels
 from .linear_probe import _as_long_tensor, _iter_batches, confusion_matrix, miou_from_confusion
+from .overclustering import _check_pos_int
 
 ArrayLike = Union[np.ndarray, torch.Tensor]
 ExtractFn = Callable[[torch.Tensor], torch.Tensor]
@@ -40,12 +41,6 @@ __all__ = [
     'topk_cosine', 'knn_vote', 'sample_memory_patches', 'patches_per_image', 'build_memory_bank',
     'nn_retrieval_predict', 'nn_retrieval_eval', 'dense_nn_retrieval'
 ]
-
-
-def _check_pos_int(name: str, v: Any) -> int:
-    if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-        raise ValueError(f'{name} must be a positive int, got {v!r}')
-    return v
 
 
 def _float_tensor(name: str, x: ArrayLike, ndim: int) -> torch.Tensor:
