@@ -3,6 +3,7 @@ import json
 import logging
 import os
 import os.path as osp
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -128,3 +129,30 @@ def test_tiny_training_run_logs_dense_miou_and_keeps_best(tmp_path):
     # a kept checkpoint loads without unpickling anything but plain data
     kept = torch.load(str(work / f'best_dense_mIoU_iter_{best2[0]}.pth'), weights_only=True)
     assert 'backbone.cls_token' in kept['state_dict'] and 'optimizer' not in kept
+
+
+def test_2c_features_wait_for_the_filter_prototypes():
+    from cotap_test_helpers.cotap_checkpoint import build_tiny_cotap
+    model = build_tiny_cotap(dict(embed_dims=32, num_layers=2, num_heads=2,
+                                  feedforward_channels=64), img_size=32, num_prototypes=4,
+                             prototypes_initialized=False)
+    hook = DenseMonitorHook(GEN, GEN, features='2C', k=3)
+    imgs, masks, _ = load_seg_arrays(GEN, 32)
+    hook.data = dict(train=(imgs, masks), val=(imgs, masks), num_classes=4, per_image=None)
+    warnings = []
+    runner = SimpleNamespace(model=model, iter=4, logger=SimpleNamespace(warning=warnings.append))
+    assert hook.evaluate(runner) is None
+    assert 'iteration 5 skipped' in warnings[0] and 'never initialised' in warnings[0]
+    model.neck.prototypes_initialized.fill_(True)
+    model.train()
+    res = hook.evaluate(runner)
+    assert model.training  # mode restored
+    # reference: CoTAP.extract_feat on the images normalised by hand
+    pre = model.data_preprocessor
+    x = torch.from_numpy(imgs).permute(0, 3, 1, 2).float()
+    with torch.no_grad():
+        f = model.eval().extract_feat((x - pre.mean.view(1, 3, 1, 1)) / pre.std.view(1, 3, 1, 1))
+    assert f.shape[1] == 64
+    ref = nn_retrieval_eval(f, masks, f, masks, 4, k=3, temperature=0.02)
+    assert res['mIoU'] == pytest.approx(ref['mIoU'], abs=1e-6)
+    assert res['memory_entries'] == ref['memory_entries'] == 3 * 16
