@@ -541,6 +541,15 @@ def build_patch_feature_extractor(model_or_backbone: nn.Module,
     return extract
 
 
+def preprocessor_mean_std(model: nn.Module) -> Tuple[Optional[List[float]], Optional[List[float]]]:
+    """Per-channel ``mean`` / ``std`` of a model's data preprocessor (None where it has none)."""
+    pre = getattr(model, 'data_preprocessor', None)
+    mean = getattr(pre, 'mean', None)
+    std = getattr(pre, 'std', None)
+    return (None if mean is None else mean.flatten().tolist(),
+            None if std is None else std.flatten().tolist())
+
+
 def build_model_feature_extractor(model: nn.Module) -> ExtractFn:
     """Frozen dense features ``[B, C, h, w]`` of a whole mmpretrain self-supervised model.
 
@@ -550,11 +559,7 @@ def build_model_feature_extractor(model: nn.Module) -> ExtractFn:
     Images are 0-255 RGB, normalised with the model's data preprocessor ``mean``/``std`` when it has
     them. Runs in eval mode under ``torch.no_grad()``; the model's mode is restored.
     """
-    pre = getattr(model, 'data_preprocessor', None)
-    mean = getattr(pre, 'mean', None)
-    std = getattr(pre, 'std', None)
-    mean = None if mean is None else mean.flatten().tolist()
-    std = None if std is None else std.flatten().tolist()
+    mean, std = preprocessor_mean_std(model)
     backbone_extract = build_patch_feature_extractor(model, mean, std)
     use_extract_feat: List[bool] = []
 
