@@ -2,7 +2,10 @@
 
 CoTAP (`arXiv 2509.09429 <https://arxiv.org/abs/2509.09429>`_) augments the student crops with
 ``ColorJitter(0.8, 0.8, 0.8, 0.2)`` (p=0.8), grayscale (p=0.2) and a 7x7 Gaussian blur with
-sigma in [0.1, 2] (p=0.5); the teacher sees clean crops.
+sigma in [0.1, 2] (p=0.5); the teacher sees clean crops. The release draws these once per crop
+index for the whole batch (:class:`~cotap_mm.datasets.batch_augments.PerViewColorAugment`, the
+default of the released-run configs); the transforms here draw them per image and per crop, the
+option (``GeometricMultiView(student_pipeline=...)``).
 
 Why not mmpretrain's transforms:
 
