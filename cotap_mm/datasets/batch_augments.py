@@ -16,7 +16,6 @@ one draw per (view index, group), the groups given by data-sample metainfo (defa
 (so a seeded run is reproducible, and equals torchvision's ``Compose`` under the same seed); the
 arithmetic is in the small functions below, on any device, without host syncs.
 """
-import math
 from dataclasses import dataclass
 from typing import Any, Dict, Hashable, List, Optional, Sequence, Tuple
 
@@ -24,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from mmpretrain.registry import BATCH_AUGMENTS
 
-from .transforms.photometric import Range, _jitter_range
+from .transforms.photometric import Range, jitter_ranges
 
 __all__ = [
     'ColorParams', 'rgb_to_gray', 'rgb_to_hsv', 'hsv_to_rgb', 'adjust_brightness',
@@ -147,7 +146,8 @@ def draw_color_params(ranges: Dict[str, Optional[Tuple[float, float]]],
 
     Args:
         ranges (dict): ``brightness`` / ``contrast`` / ``saturation`` / ``hue`` -> ``(min, max)``
-            or None (off), as ``_jitter_range`` returns them.
+            or None (off), as :func:`~cotap_mm.datasets.transforms.photometric.jitter_ranges`
+            returns them.
         jitter_prob, gray_prob, blur_prob (float): probabilities in [0, 1].
         sigma (tuple[float, float]): blur sigma range.
         generator (torch.Generator, optional): CPU generator; None = torch's global one.
@@ -233,11 +233,7 @@ class PerViewColorAugment:
                  group_keys: Sequence[str] = ('source', 'is_neighbor'),
                  max_value: float = 255.) -> None:
         try:
-            self.ranges = dict(
-                brightness=_jitter_range(brightness, 'brightness', 1., (0., math.inf)),
-                contrast=_jitter_range(contrast, 'contrast', 1., (0., math.inf)),
-                saturation=_jitter_range(saturation, 'saturation', 1., (0., math.inf)),
-                hue=_jitter_range(hue, 'hue', 0., (-0.5, 0.5)))
+            self.ranges = jitter_ranges(brightness, contrast, saturation, hue)
         except (TypeError, ValueError) as e:
             raise type(e)(f'PerViewColorAugment: {e}') from e
         self.jitter_prob = _prob(jitter_prob, 'jitter_prob')

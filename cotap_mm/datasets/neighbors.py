@@ -6,9 +6,10 @@ are STEGO's ``precompute_knns`` files: cosine similarity of the mean-pooled last
 (after the final norm) of a DINO ViT, column 0 being the image itself, so about one pair in seven is
 the image with itself. ``tools/misc/compute_neighbors.py`` computes such a file (or, as an option,
 the CLS-token / self-excluded variant) with :func:`knn_cosine` / :func:`knn_cosine_self_first` and
-:func:`write_neighbors`; the datasets (:class:`~cotap_mm.datasets.coco_unlabeled.UnlabeledImageDataset`
-and subclasses) read it with :func:`read_neighbors`, map it to their own indices with
-:func:`neighbor_index_table` and pick the columns to draw from with :func:`neighbor_candidates`.
+:func:`write_neighbors`; the datasets
+(:class:`~cotap_mm.datasets.coco_unlabeled.UnlabeledImageDataset` and subclasses) read it with
+:func:`read_neighbors`, map it to their own indices with :func:`neighbor_index_table` and pick the
+columns to draw from with :func:`neighbor_candidates`.
 
 Neighbour file format
 ---------------------

@@ -139,7 +139,7 @@ def test_best_mIoU_over_evaluations_is_kept(tmp_path):
     pretrain = str(tmp_path / 'pretrain.pth')
     write_pretrain_checkpoint(pretrain)
     cfg = Config.fromfile(osp.join(CFG_DIR, 'linear_cotap-vit-s16_1xb128-782it_ade20k-336x336.py'))
-    work_dir = str(tmp_path / 'work')
+    work_dir = str(tmp_path / 'work_probe_best_of_passes')  # unique visualizer name
     cfg = shrink_seg_config(cfg, root, pretrain, work_dir, iters=6)
     cfg.train_cfg.val_interval = 2
     cfg.optim_wrapper.optimizer.lr = 0.3  # large steps: the evaluations differ

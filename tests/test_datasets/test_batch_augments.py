@@ -67,7 +67,8 @@ def test_ops_match_torchvision():
 def test_ops_against_hand_values():
     # brightness clamps at white; grayscale weights; contrast blends with the mean luma
     px = torch.tensor([200., 100., 50.]).view(1, 3, 1, 1)
-    torch.testing.assert_close(adjust_brightness(px, 1.5).flatten(), torch.tensor([255., 150., 75.]))
+    torch.testing.assert_close(adjust_brightness(px, 1.5).flatten(),
+                               torch.tensor([255., 150., 75.]))
     gray = 0.2989 * 200 + 0.587 * 100 + 0.114 * 50
     torch.testing.assert_close(rgb_to_gray(px).flatten(), torch.tensor([gray]))
     torch.testing.assert_close(adjust_contrast(px, 0.5).flatten(),

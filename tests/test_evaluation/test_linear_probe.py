@@ -157,17 +157,24 @@ def test_probe_respects_ignore_index():
         fit_linear_probe(tr_f[0], tr_m, k, epochs=1)
 
 
+def _reference_probe(c, k, seed):
+    """The probe's documented initialisation, written out: U(+-1/sqrt(C)) weights from a seeded
+    generator, zero bias; returns the conv and the generator (for the draws that follow)."""
+    ref = torch.nn.Conv2d(c, k, 1)
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        bound = 1 / np.sqrt(c)
+        ref.weight.copy_(torch.empty_like(ref.weight).uniform_(-bound, bound, generator=g))
+        ref.bias.zero_()
+    return ref, g
+
+
 def test_probe_upsamples_logits_bilinearly():
     """One full-batch Adam step from the same init equals a hand-written step."""
     k = 3
     tr_f, tr_m = _patch_data(4, k, _onehot_feats, 0)
     probe = fit_linear_probe(tr_f, tr_m, k, epochs=1, lr=0.01, batch_size=4, seed=3)
-    ref = torch.nn.Conv2d(8, k, 1)
-    g = torch.Generator().manual_seed(3)
-    with torch.no_grad():
-        bound = 1 / np.sqrt(8)
-        ref.weight.copy_(torch.empty_like(ref.weight).uniform_(-bound, bound, generator=g))
-        ref.bias.zero_()
+    ref, g = _reference_probe(8, k, seed=3)
     opt = torch.optim.Adam(ref.parameters(), lr=0.01)
     order = torch.randperm(4, generator=g)
     logits = F.interpolate(ref(tr_f[order]), size=(16, 16), mode='bilinear', align_corners=False)
@@ -194,12 +201,7 @@ def test_probe_flip_step_equals_hand_written_step():
     mirrored = torch.randn(tr_f.shape, generator=torch.Generator().manual_seed(1))
     probe = fit_linear_probe(tr_f, tr_m, k, epochs=1, lr=0.01, batch_size=6, seed=3,
                              train_feats_flipped=mirrored)
-    ref = torch.nn.Conv2d(8, k, 1)
-    g = torch.Generator().manual_seed(3)
-    with torch.no_grad():
-        bound = 1 / np.sqrt(8)
-        ref.weight.copy_(torch.empty_like(ref.weight).uniform_(-bound, bound, generator=g))
-        ref.bias.zero_()
+    ref, g = _reference_probe(8, k, seed=3)
     opt = torch.optim.Adam(ref.parameters(), lr=0.01)
     order = torch.randperm(6, generator=g)
     choose = torch.rand(6, generator=g) < 0.5

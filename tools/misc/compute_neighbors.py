@@ -14,9 +14,9 @@ which this tool reproduces by default:
   ``--img-size`` squared (STEGO's ``get_transform(res, False, 'center')``); ``squash``: resized to
   ``--img-size`` squared, bilinear, no crop (cotap_mm's earlier choice).
 
-Cosine similarity, ImageNet mean / std normalisation. The output file (``.npz`` or ``.json``; format
-in ``cotap_mm/datasets/neighbors.py``; ``meta`` records the three choices) holds image paths relative
-to ``--data-root``, so a dataset with the same ``data_root`` (``COCOUnlabeled``,
+Cosine similarity, ImageNet mean / std normalisation. The output file (``.npz`` or ``.json``;
+format in ``cotap_mm/datasets/neighbors.py``; ``meta`` records the three choices) holds image paths
+relative to ``--data-root``, so a dataset with the same ``data_root`` (``COCOUnlabeled``,
 ``ImageNetUnlabeled``, ``neighbors_file=...``) finds them.
 
 Examples::

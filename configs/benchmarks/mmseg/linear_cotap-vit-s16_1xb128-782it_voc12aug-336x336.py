@@ -8,26 +8,6 @@
 # probe uses trainaug once.
 _base_ = ['mmseg::_base_/datasets/pascal_voc12_aug.py', './_base_/linear-probe_cotap-vit-s16.py']
 
-train_pipeline = [
-    dict(type='LoadImageFromFile'),
-    dict(type='LoadAnnotations'),
-    dict(type='RandomFlip', prob=0.5),
-    dict(type='mmpretrain.SegRandomResizedCrop', size=336, scale=(0.64, 1.0)),
-    dict(type='PackSegInputs')
-]
-test_pipeline = [  # released: image and label squashed to 448 x 448, scored there
-    dict(type='LoadImageFromFile'),
-    dict(type='LoadAnnotations'),
-    dict(type='Resize', scale=(448, 448), keep_ratio=False, backend='pillow'),
-    dict(type='mmpretrain.SetOriShapeToImgShape'),
-    dict(type='PackSegInputs')
-]
-full_res_label_test_pipeline = [  # standard mmseg: logits resized to the full-resolution label
-    dict(type='LoadImageFromFile'),
-    dict(type='Resize', scale=(448, 448), keep_ratio=False, backend='pillow'),
-    dict(type='LoadAnnotations'),
-    dict(type='PackSegInputs')
-]
 train_dataloader = dict(
     batch_size=128,
     num_workers=8,
@@ -37,8 +17,8 @@ train_dataloader = dict(
         data_root='data/VOCdevkit/VOC2012',
         data_prefix=dict(img_path='JPEGImages', seg_map_path='SegmentationClassAug'),
         ann_file='ImageSets/Segmentation/aug.txt',
-        pipeline=train_pipeline))
-val_dataloader = dict(batch_size=1, dataset=dict(pipeline=test_pipeline))
+        pipeline={{_base_.probe_train_pipeline}}))
+val_dataloader = dict(batch_size=1, dataset=dict(pipeline={{_base_.probe_test_pipeline}}))
 test_dataloader = val_dataloader
 model = dict(decode_head=dict(num_classes=21))
 train_cfg = dict(val_interval=82)  # one pass over trainaug

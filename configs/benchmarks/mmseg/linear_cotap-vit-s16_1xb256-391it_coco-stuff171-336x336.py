@@ -7,28 +7,9 @@
 # longer than the 391 iterations: evaluated once, at the end.
 _base_ = ['mmseg::_base_/datasets/coco-stuff164k.py', './_base_/linear-probe_cotap-vit-s16.py']
 
-train_pipeline = [
-    dict(type='LoadImageFromFile'),
-    dict(type='LoadAnnotations'),
-    dict(type='RandomFlip', prob=0.5),
-    dict(type='mmpretrain.SegRandomResizedCrop', size=336, scale=(0.64, 1.0)),
-    dict(type='PackSegInputs')
-]
-test_pipeline = [  # released: image and label squashed to 448 x 448, scored there
-    dict(type='LoadImageFromFile'),
-    dict(type='LoadAnnotations'),
-    dict(type='Resize', scale=(448, 448), keep_ratio=False, backend='pillow'),
-    dict(type='mmpretrain.SetOriShapeToImgShape'),
-    dict(type='PackSegInputs')
-]
-full_res_label_test_pipeline = [  # standard mmseg: logits resized to the full-resolution label
-    dict(type='LoadImageFromFile'),
-    dict(type='Resize', scale=(448, 448), keep_ratio=False, backend='pillow'),
-    dict(type='LoadAnnotations'),
-    dict(type='PackSegInputs')
-]
-train_dataloader = dict(batch_size=256, num_workers=8, dataset=dict(pipeline=train_pipeline))
-val_dataloader = dict(batch_size=1, dataset=dict(pipeline=test_pipeline))
+train_dataloader = dict(
+    batch_size=256, num_workers=8, dataset=dict(pipeline={{_base_.probe_train_pipeline}}))
+val_dataloader = dict(batch_size=1, dataset=dict(pipeline={{_base_.probe_test_pipeline}}))
 test_dataloader = val_dataloader
 model = dict(decode_head=dict(num_classes=171))
 train_cfg = dict(max_iters=391, val_interval=462)  # one pass (> 391: at the end only)

@@ -146,6 +146,15 @@ def _jitter_range(value: Range, name: str, center: float, bound: Tuple[float, fl
     return lo, hi
 
 
+def jitter_ranges(brightness: Range, contrast: Range, saturation: Range,
+                  hue: Range) -> Dict[str, Optional[Tuple[float, float]]]:
+    """torchvision ``ColorJitter``'s factor ranges (None = that op off), checked."""
+    return dict(brightness=_jitter_range(brightness, 'brightness', 1.0, (0.0, math.inf)),
+                contrast=_jitter_range(contrast, 'contrast', 1.0, (0.0, math.inf)),
+                saturation=_jitter_range(saturation, 'saturation', 1.0, (0.0, math.inf)),
+                hue=_jitter_range(hue, 'hue', 0.0, (-0.5, 0.5)))
+
+
 @TRANSFORMS.register_module()
 class HueSafeColorJitter(BaseTransform):
     """torchvision-style ColorJitter on numpy images, with a hue jitter that works under NumPy 2.
@@ -178,10 +187,9 @@ class HueSafeColorJitter(BaseTransform):
                  hue: Range = 0.,
                  prob: float = 1.0,
                  channel_order: str = 'bgr') -> None:
-        self.brightness = _jitter_range(brightness, 'brightness', 1.0, (0.0, math.inf))
-        self.contrast = _jitter_range(contrast, 'contrast', 1.0, (0.0, math.inf))
-        self.saturation = _jitter_range(saturation, 'saturation', 1.0, (0.0, math.inf))
-        self.hue = _jitter_range(hue, 'hue', 0.0, (-0.5, 0.5))
+        ranges = jitter_ranges(brightness, contrast, saturation, hue)
+        self.brightness, self.contrast = ranges['brightness'], ranges['contrast']
+        self.saturation, self.hue = ranges['saturation'], ranges['hue']
         if not 0.0 <= float(prob) <= 1.0:
             raise ValueError(f'prob must be in [0, 1], got {prob!r}')
         self.prob = float(prob)
@@ -272,6 +280,7 @@ class RandomGaussianBlur(BaseTransform):
 
 
 __all__ = [
-    'LUMA_RGB', 'grayscale', 'adjust_brightness', 'adjust_contrast', 'adjust_saturation',
+    'LUMA_RGB', 'grayscale', 'jitter_ranges', 'adjust_brightness', 'adjust_contrast',
+    'adjust_saturation',
     'adjust_hue', 'color_jitter', 'HueSafeColorJitter', 'gaussian_blur', 'RandomGaussianBlur'
 ]

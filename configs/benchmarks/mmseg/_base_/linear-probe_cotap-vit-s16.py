@@ -15,6 +15,32 @@
 _base_ = ['mmseg::_base_/default_runtime.py']
 custom_imports = dict(imports=['cotap_mm'], allow_failed_imports=False)
 
+# The released probe pipelines at 336 / 448 (the data configs use them; Cityscapes has its own):
+# training on flipped RandomResizedCrops (scale 0.64-1, ratio 3/4-4/3) of image and label;
+# evaluation on image and label squashed to 448 x 448 (label nearest, PIL resize like the released
+# torchvision one) and scored there (SetOriShapeToImgShape: mmseg resizes the logits to ori_shape).
+probe_train_pipeline = [
+    dict(type='LoadImageFromFile'),
+    dict(type='LoadAnnotations'),
+    dict(type='RandomFlip', prob=0.5),
+    dict(type='mmpretrain.SegRandomResizedCrop', size=336, scale=(0.64, 1.0)),
+    dict(type='PackSegInputs')
+]
+probe_test_pipeline = [
+    dict(type='LoadImageFromFile'),
+    dict(type='LoadAnnotations'),
+    dict(type='Resize', scale=(448, 448), keep_ratio=False, backend='pillow'),
+    dict(type='mmpretrain.SetOriShapeToImgShape'),
+    dict(type='PackSegInputs')
+]
+# option, mmseg's standard evaluation: logits resized to the full-resolution label
+full_res_label_test_pipeline = [
+    dict(type='LoadImageFromFile'),
+    dict(type='Resize', scale=(448, 448), keep_ratio=False, backend='pillow'),
+    dict(type='LoadAnnotations'),
+    dict(type='PackSegInputs')
+]
+
 data_preprocessor = dict(
     type='SegDataPreProcessor',
     mean=[123.675, 116.28, 103.53],
@@ -59,8 +85,8 @@ optim_wrapper = dict(
 param_scheduler = []  # constant lr (CoTAP's linear protocol)
 # 100k training samples; as released, the probe is evaluated after every pass over the training set
 # (the data configs set val_interval to one pass; mmengine also evaluates after the last iteration)
-# and the best mIoU over these evaluations is the reported number (mildly optimistic: selected on the
-# validation set): save_best keeps best_mIoU_iter_*.pth and logs the best value. The last evaluation
+# and the best mIoU over these evaluations is the reported number (mildly optimistic: selected on
+# the validation set): save_best keeps best_mIoU_iter_*.pth and logs the best value. The last evaluation
 # alone (not selected on val): the last `mIoU` row of the log.
 train_cfg = dict(type='IterBasedTrainLoop', max_iters=782, val_interval=82)
 val_cfg = dict(type='ValLoop')
