@@ -1,4 +1,6 @@
 from . import transforms  # noqa: F401
+from .batch_augments import PerViewColorAugment
+from .data_preprocessor import CoTAPDataPreprocessor
 from .synthetic_scenes import SyntheticScenes, SyntheticScenesSeg
 from .coco_unlabeled import COCOUnlabeled, UnlabeledImageDataset
 from .collate import neighbor_collate
@@ -8,4 +10,5 @@ from .mixed_dataset import MixedCOCOImageNet, PairedMixDataset
 
 __all__ = ['SyntheticScenes', 'SyntheticScenesSeg',
            'COCOUnlabeled', 'UnlabeledImageDataset', 'neighbor_collate', 'ImageNetUnlabeled',
-           'MixedCOCOImageNet', 'PairedMixDataset', 'COCOStuff27Dataset']
+           'MixedCOCOImageNet', 'PairedMixDataset', 'COCOStuff27Dataset', 'PerViewColorAugment',
+           'CoTAPDataPreprocessor']

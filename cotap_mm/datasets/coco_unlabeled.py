@@ -1,9 +1,10 @@
 """Unlabelled image datasets that can also return a precomputed nearest-neighbour image.
 
 CoTAP (`arXiv 2509.09429 <https://arxiv.org/abs/2509.09429>`_) post-pretrains on COCO train2017
-(unlabelled) and ImageNet-1k; with every image it loads one of its 7 precomputed nearest
-neighbours, drawn uniformly (``tools/misc/compute_neighbors.py`` writes the neighbour file, format
-in :mod:`cotap_mm.datasets.neighbors`).
+(unlabelled) and ImageNet-1k; with every image it loads a partner drawn uniformly from the first 7
+columns of a precomputed neighbour table, which in the released (STEGO-layout) files are the image
+itself and its 6 nearest neighbours (``tools/misc/compute_neighbors.py`` writes the neighbour file,
+format in :mod:`cotap_mm.datasets.neighbors`).
 
 Item format (the batch interface shared with the model, flattened by
 :func:`~cotap_mm.datasets.collate.neighbor_collate`):
@@ -27,7 +28,10 @@ from mmengine.fileio import get_file_backend, get_text, list_from_file
 from mmpretrain.datasets import CustomDataset
 from mmpretrain.registry import DATASETS
 
-from .neighbors import neighbor_index_table, read_neighbors, relative_key, sample_neighbor
+from mmengine.logging import print_log
+
+from .neighbors import (neighbor_candidates, neighbor_index_table, read_neighbors, relative_key,
+                        sample_neighbor)
 
 __all__ = ['UnlabeledImageDataset', 'COCOUnlabeled', 'mark_packed']
 
@@ -74,8 +78,12 @@ class UnlabeledImageDataset(CustomDataset):
     the ``file_name`` of its ``images``). Labels are never read.
 
     With ``neighbors_file`` each item is ``[anchor, neighbour]``: the neighbour is drawn uniformly
-    among the image's listed neighbours (with ``np.random``, which mmengine seeds per worker) and
-    goes through the same pipeline. Paths in the file are matched relative to ``data_root`` (see
+    among the first ``num_neighbors`` columns of the image's row (with ``np.random``, which
+    mmengine seeds per worker; :func:`~cotap_mm.datasets.neighbors.neighbor_candidates`) and goes
+    through the same pipeline. As released, a file whose column 0 is the image itself
+    (``meta['includes_self']``, the default of ``compute_neighbors.py``) makes about one pair in
+    ``num_neighbors`` the image with itself; ``exclude_self=True`` never draws the image itself.
+    Paths in the file are matched relative to ``data_root`` (see
     :func:`~cotap_mm.datasets.neighbors.relative_key`).
 
     Args:
@@ -88,6 +96,11 @@ class UnlabeledImageDataset(CustomDataset):
         strict_neighbors (bool): every listed neighbour must be in the dataset; if False,
             neighbours outside it are skipped (e.g. a subset via ``ann_file`` or ``indices``).
             Defaults to True.
+        num_neighbors (int, optional): draw among the first ``num_neighbors`` columns of the
+            file (after dropping the self column with ``exclude_self``); None = all columns.
+            Defaults to 7 (released: columns 0-6).
+        exclude_self (bool): never draw the image itself (drops column 0 of a self-including
+            file). Defaults to False (released).
         source_name (str): value of the ``source`` metainfo written into every packed sample.
             Defaults to 'images'.
         extensions (Sequence[str]): allowed image extensions when scanning the folder.
@@ -102,6 +115,8 @@ class UnlabeledImageDataset(CustomDataset):
                  ann_file: str = '',
                  neighbors_file: Optional[str] = None,
                  strict_neighbors: bool = True,
+                 num_neighbors: Optional[int] = 7,
+                 exclude_self: bool = False,
                  source_name: str = 'images',
                  extensions: Sequence[str] = ('.jpg', '.jpeg', '.png', '.ppm', '.bmp', '.pgm',
                                               '.tif'),
@@ -115,6 +130,15 @@ class UnlabeledImageDataset(CustomDataset):
         self.source_name = source_name
         self.neighbors_file = neighbors_file
         self.strict_neighbors = bool(strict_neighbors)
+        if num_neighbors is not None and (isinstance(num_neighbors, bool)
+                                          or not isinstance(num_neighbors, int)
+                                          or num_neighbors < 1):
+            raise ValueError(f'num_neighbors must be a positive int or None, got '
+                             f'{num_neighbors!r}')
+        if not isinstance(exclude_self, bool):
+            raise TypeError(f'exclude_self must be a bool, got {exclude_self!r}')
+        self.num_neighbors = num_neighbors
+        self.exclude_self = exclude_self
         self.neighbor_indices: Optional[np.ndarray] = None
         super().__init__(
             data_root=data_root,
@@ -163,11 +187,19 @@ class UnlabeledImageDataset(CustomDataset):
             table = read_neighbors(self.neighbors_file)
             keys = [relative_key(self.get_data_info(i)['img_path'], self.data_root)
                     for i in range(len(self))]
-            self.neighbor_indices = neighbor_index_table(table, keys, self.strict_neighbors,
-                                                         self.neighbors_file)
+            indices = neighbor_index_table(table, keys, self.strict_neighbors,
+                                           self.neighbors_file)
+            self.neighbor_indices = neighbor_candidates(indices, self.num_neighbors,
+                                                        table.includes_self, self.exclude_self,
+                                                        self.neighbors_file)
+            with_self = table.includes_self and not self.exclude_self
+            print_log(f'{type(self).__name__}: partner drawn uniformly among '
+                      f'{self.neighbor_indices.shape[1]} columns of {self.neighbors_file} ('
+                      + ('the image itself in column 0)' if with_self else
+                         'never the image itself)'), logger='current')
 
     def sample_neighbor_index(self, idx: int) -> int:
-        """Dataset index of a neighbour of image ``idx``, uniform among its listed neighbours."""
+        """Dataset index of the partner of image ``idx``, uniform among its candidate columns."""
         if self.neighbor_indices is None:
             raise RuntimeError(f'{type(self).__name__} has no neighbors_file')
         return sample_neighbor(self.neighbor_indices[idx])
@@ -192,6 +224,9 @@ class UnlabeledImageDataset(CustomDataset):
         body = super().extra_repr()
         body.append(f'Source name: \t{self.source_name}')
         body.append(f'Neighbors file: \t{self.neighbors_file}')
+        if self.neighbors_file is not None:
+            body.append(f'Neighbor columns: \t{self.num_neighbors} (exclude_self='
+                        f'{self.exclude_self})')
         return body
 
 

@@ -1,11 +1,15 @@
 """Precomputed k-nearest-neighbour images: the kNN search and the neighbour file.
 
 CoTAP (`arXiv 2509.09429 <https://arxiv.org/abs/2509.09429>`_) loads, with every training image, one
-of its 7 nearest neighbours (drawn uniformly), found once before training with a pretrained
-backbone's global feature (cosine similarity, the image itself excluded). ``tools/misc/
-compute_neighbors.py`` computes the file with :func:`knn_cosine` and :func:`write_neighbors`; the
-datasets (:class:`~cotap_mm.datasets.coco_unlabeled.UnlabeledImageDataset` and subclasses) read it
-with :func:`read_neighbors` and map it to their own indices with :func:`neighbor_index_table`.
+image drawn uniformly from the first 7 columns of a precomputed neighbour table. The released tables
+are STEGO's ``precompute_knns`` files: cosine similarity of the mean-pooled last-layer patch tokens
+(after the final norm) of a DINO ViT, column 0 being the image itself, so about one pair in seven is
+the image with itself. ``tools/misc/compute_neighbors.py`` computes such a file (or, as an option,
+the CLS-token / self-excluded variant) with :func:`knn_cosine` / :func:`knn_cosine_self_first` and
+:func:`write_neighbors`; the datasets
+(:class:`~cotap_mm.datasets.coco_unlabeled.UnlabeledImageDataset` and subclasses) read it with
+:func:`read_neighbors`, map it to their own indices with :func:`neighbor_index_table` and pick the
+columns to draw from with :func:`neighbor_candidates`.
 
 Neighbour file format
 ---------------------
@@ -14,12 +18,14 @@ human-readable) with the keys
 
 * ``img_paths``: ``N`` unique image paths, relative to the data root the tool was given (e.g.
   ``train2017/000000000009.jpg`` for ``data_root='data/coco'``; always ``/``-separated);
-* ``neighbors``: int ``[N, k]``, row ``i`` the indices (into ``img_paths``) of the ``k`` nearest
-  neighbours of image ``i``, most similar first, never ``i`` itself, all in ``[0, N)``;
+* ``neighbors``: int ``[N, k]``, row ``i`` the indices (into ``img_paths``) of image ``i``'s
+  neighbours, most similar first, all in ``[0, N)``. If ``meta['includes_self']`` is true, column 0
+  is ``i`` itself (STEGO / released layout) and columns ``1..k-1`` never are; otherwise no column is
+  ``i``;
 * ``similarities``: float32 ``[N, k]``, the cosine similarities of those neighbours (non-increasing
-  along each row);
+  along each row; column 0 of a self-including file is the image's similarity with itself, 1);
 * ``meta`` (optional): a JSON object (in ``.npz``: a JSON string) describing how the file was made
-  (config, checkpoint, image size, ...).
+  (config, checkpoint, image size, ``feature``, ``includes_self`` (bool, default false), ...).
 
 :func:`read_neighbors` validates all of this and names the file and the problem otherwise.
 """
@@ -33,8 +39,8 @@ import numpy as np
 import torch
 
 __all__ = [
-    'NeighborTable', 'knn_cosine', 'write_neighbors', 'read_neighbors', 'neighbor_index_table',
-    'relative_key', 'sample_neighbor'
+    'NeighborTable', 'knn_cosine', 'knn_cosine_self_first', 'write_neighbors', 'read_neighbors',
+    'neighbor_index_table', 'neighbor_candidates', 'relative_key', 'sample_neighbor'
 ]
 
 NEIGHBOR_FILE_SUFFIXES: Tuple[str, ...] = ('.npz', '.json')
@@ -57,11 +63,30 @@ class NeighborTable:
 
     @property
     def k(self) -> int:
-        """Number of neighbours per image."""
+        """Number of columns per image (the image itself included if :attr:`includes_self`)."""
         return int(self.neighbors.shape[1])
+
+    @property
+    def includes_self(self) -> bool:
+        """Whether column 0 is the image itself (``meta['includes_self']``, STEGO layout)."""
+        return bool(self.meta.get('includes_self', False))
 
     def __len__(self) -> int:
         return len(self.img_paths)
+
+
+def _query_rows(queries: Optional[Union[torch.Tensor, slice]], n: int,
+                device: torch.device) -> torch.Tensor:
+    """Row indices ``[Q]`` (int64, on ``device``) of ``queries`` (None = all ``n`` rows)."""
+    if queries is None:
+        return torch.arange(n, device=device)
+    if isinstance(queries, slice):
+        return torch.arange(n, device=device)[queries]
+    q_idx = torch.as_tensor(queries, dtype=torch.long, device=device).reshape(-1)
+    if q_idx.numel() and (q_idx.min() < 0 or q_idx.max() >= n):
+        raise ValueError(f'queries must index rows in [0, {n}), got range '
+                         f'[{int(q_idx.min())}, {int(q_idx.max())}]')
+    return q_idx
 
 
 @torch.no_grad()
@@ -105,15 +130,7 @@ def knn_cosine(features: torch.Tensor,
         if not isinstance(val, int) or val < 1:
             raise ValueError(f'{name} must be a positive int, got {val!r}')
     feats = torch.nn.functional.normalize(features.float(), dim=1)
-    if queries is None:
-        q_idx = torch.arange(n, device=feats.device)
-    elif isinstance(queries, slice):
-        q_idx = torch.arange(n, device=feats.device)[queries]
-    else:
-        q_idx = torch.as_tensor(queries, dtype=torch.long, device=feats.device).reshape(-1)
-        if q_idx.numel() and (q_idx.min() < 0 or q_idx.max() >= n):
-            raise ValueError(f'queries must index rows in [0, {n}), got range '
-                             f'[{int(q_idx.min())}, {int(q_idx.max())}]')
+    q_idx = _query_rows(queries, n, feats.device)
     out_idx = torch.empty(len(q_idx), k, dtype=torch.long, device=feats.device)
     out_sim = torch.empty(len(q_idx), k, dtype=torch.float32, device=feats.device)
     for qs in range(0, len(q_idx), query_chunk):
@@ -140,6 +157,45 @@ def knn_cosine(features: torch.Tensor,
         out_sim[qs:qs + len(qi)] = best_sim[:, :k]
         out_idx[qs:qs + len(qi)] = best_idx.gather(1, sel)[:, :k]
     return out_idx, out_sim
+
+
+@torch.no_grad()
+def knn_cosine_self_first(features: torch.Tensor,
+                          k: int = 7,
+                          queries: Optional[Union[torch.Tensor, slice]] = None,
+                          query_chunk: int = 1024,
+                          key_chunk: int = 65536) -> Tuple[torch.Tensor, torch.Tensor]:
+    """STEGO-layout table: column 0 the query itself, then its ``k - 1`` nearest other rows.
+
+    The released CoTAP neighbour files (STEGO's ``precompute_knns``: top-k of all rows, the query
+    included) have the image itself in column 0; here that column is put there explicitly, so exact
+    duplicates of an image (cosine 1 as well) never displace it.
+
+    Args:
+        features (Tensor): ``[N, D]`` features.
+        k (int): columns per query, the query itself included, ``2 <= k <= N``. Defaults to 7
+            (the released columns 0-6).
+        queries, query_chunk, key_chunk: see :func:`knn_cosine`.
+
+    Returns:
+        tuple[Tensor, Tensor]: ``indices`` int64 ``[Q, k]`` (column 0 = the query's own row) and
+        ``similarities`` float32 ``[Q, k]`` (column 0 = the query's cosine with itself: 1, or 0 for
+        an all-zero feature).
+    """
+    if not isinstance(features, torch.Tensor) or features.ndim != 2:
+        got = (tuple(features.shape) if isinstance(features, torch.Tensor) else
+               type(features).__name__)
+        raise ValueError(f'features must be a [N, D] tensor, got {got}')
+    n = features.shape[0]
+    if isinstance(k, bool) or not isinstance(k, int) or not 2 <= k <= n:
+        raise ValueError(f'k must be an int in [2, {n}] for N={n} features with the image itself '
+                         f'in column 0, got {k!r}')
+    idx, sim = knn_cosine(features, k - 1, queries=queries, query_chunk=query_chunk,
+                          key_chunk=key_chunk, exclude_self=True)
+    q_idx = _query_rows(queries, n, features.device)
+    normed = torch.nn.functional.normalize(features[q_idx].float(), dim=1)
+    self_sim = (normed * normed).sum(1, keepdim=True)
+    return torch.cat([q_idx[:, None], idx], 1), torch.cat([self_sim, sim], 1)
 
 
 def _check_suffix(path: str) -> str:
@@ -180,20 +236,38 @@ def _validate(path: str, img_paths: Any, neighbors: Any, similarities: Any,
     if nb.min() < 0 or nb.max() >= n:
         raise ValueError(f'{where}: neighbors must be indices in [0, {n}), got range '
                          f'[{int(nb.min())}, {int(nb.max())}]')
-    self_rows = np.nonzero((nb == np.arange(n)[:, None]).any(1))[0]
+    if meta is None:
+        meta = {}
+    if not isinstance(meta, dict):
+        raise ValueError(f'{where}: meta must be a JSON object, got {type(meta).__name__}')
+    includes_self = meta.get('includes_self', False)
+    if not isinstance(includes_self, bool):
+        raise ValueError(f"{where}: meta['includes_self'] must be true or false, got "
+                         f'{includes_self!r}')
+    own = np.arange(n)
+    if includes_self:
+        if nb.shape[1] < 2:
+            raise ValueError(f"{where}: meta['includes_self'] is true, so column 0 is the image "
+                             f'itself and k must be >= 2 (at least one other image), got k='
+                             f'{nb.shape[1]}')
+        bad = np.nonzero(nb[:, 0] != own)[0]
+        if len(bad):
+            raise ValueError(f"{where}: meta['includes_self'] is true but column 0 of row "
+                             f'{int(bad[0])} ({paths[bad[0]]!r}) is {int(nb[bad[0], 0])}, not the '
+                             f'image itself ({len(bad)} such rows)')
+    others = nb[:, 1:] if includes_self else nb
+    self_rows = np.nonzero((others == own[:, None]).any(1))[0]
     if len(self_rows):
+        where_col = 'in a column other than 0' if includes_self else (
+            "as a neighbour (meta['includes_self'] is not true)")
         raise ValueError(f'{where}: image {int(self_rows[0])} ({paths[self_rows[0]]!r}) lists '
-                         'itself as a neighbour')
+                         f'itself {where_col}')
     sim = np.asarray(similarities)
     if sim.shape != nb.shape:
         raise ValueError(f'{where}: similarities must have the shape of neighbors {nb.shape}, '
                          f'got {sim.shape}')
     if sim.dtype.kind not in 'fiu' or not np.isfinite(sim).all():
         raise ValueError(f'{where}: similarities must be finite numbers, got dtype {sim.dtype}')
-    if meta is None:
-        meta = {}
-    if not isinstance(meta, dict):
-        raise ValueError(f'{where}: meta must be a JSON object, got {type(meta).__name__}')
     return NeighborTable(paths, nb, sim.astype(np.float32), meta)
 
 
@@ -351,6 +425,55 @@ def neighbor_index_table(table: NeighborTable,
                              f'{keys[int(empty[0])]!r} is in the dataset ({len(empty)} such '
                              'images)')
     return out
+
+
+def neighbor_candidates(indices: np.ndarray,
+                        num_neighbors: Optional[int] = 7,
+                        includes_self: bool = False,
+                        exclude_self: bool = False,
+                        path: str = '<neighbour table>') -> np.ndarray:
+    """The columns a partner is drawn from, uniformly (:func:`sample_neighbor`).
+
+    Released CoTAP draws uniformly from columns 0-6 of a STEGO table, column 0 being the image
+    itself (``num_neighbors=7``, ``exclude_self=False``). ``exclude_self=True`` drops that column
+    first (the image is then never its own partner); a table without a self column is unchanged by
+    it.
+
+    Args:
+        indices (np.ndarray): int ``[N, k]`` from :func:`neighbor_index_table` (``-1`` = dropped).
+        num_neighbors (int, optional): draw among the first ``num_neighbors`` remaining columns;
+            None = all of them. Defaults to 7 (released).
+        includes_self (bool): column 0 of ``indices`` is the image itself
+            (:attr:`NeighborTable.includes_self`). Defaults to False.
+        exclude_self (bool): drop the self column. Defaults to False (released).
+        path (str): file name used in error messages.
+
+    Returns:
+        np.ndarray: int64 ``[N, m]`` candidate dataset indices, ``-1`` for dropped ones.
+
+    Raises:
+        ValueError: ``num_neighbors`` is not a positive int or exceeds the available columns, or
+            an image has no valid candidate left.
+    """
+    cols = indices[:, 1:] if (includes_self and exclude_self) else indices
+    if num_neighbors is not None:
+        if isinstance(num_neighbors, bool) or not isinstance(num_neighbors, int) \
+                or num_neighbors < 1:
+            raise ValueError(f'num_neighbors must be a positive int or None, got '
+                             f'{num_neighbors!r}')
+        if cols.shape[1] < num_neighbors:
+            what = ' after dropping the self column (exclude_self=True)' if (
+                includes_self and exclude_self) else ''
+            raise ValueError(f'neighbour file {path}: num_neighbors={num_neighbors} needs at '
+                             f'least {num_neighbors} columns, the file has {cols.shape[1]}{what}; '
+                             'recompute it with a larger -k or lower num_neighbors')
+        cols = cols[:, :num_neighbors]
+    empty = np.nonzero((cols < 0).all(1))[0]
+    if len(empty):
+        raise ValueError(f'neighbour file {path}: dataset image {int(empty[0])} has no candidate '
+                         f'left in the {cols.shape[1]} columns drawn from ({len(empty)} such '
+                         'images; its neighbours are outside the dataset)')
+    return np.ascontiguousarray(cols)
 
 
 def sample_neighbor(row: np.ndarray, rng: Any = np.random) -> int:

@@ -14,10 +14,13 @@ are excluded; ``mIoU`` is the mean over the remaining classes (= ``nanmean``, th
 ``IoUMetric`` reports). ``pixel_acc = trace / total``.
 
 Features are extracted once and cached in memory (the probe data are small), then the probe is fit
-on the cached tensors. Differences to the official code, all options here: the official run reports
-the *best* validation mIoU over passes (``select='best'``; default ``'last'`` here, which is not
-tuned on the validation set), uses random-resized crops of the probe's training images (not done:
-features are cached) and 100k samples seen.
+on the cached tensors. As released, training samples are horizontally flipped with probability 0.5
+(``flip=True``: the features of the mirrored training images are cached too, and every step draws,
+per sample, the plain or the mirrored features with the mirrored mask). Differences to the official
+code: the official run reports the *best* validation mIoU over passes (``select='best'``, an option;
+the default ``'last'`` is not selected on the validation set, so demo and benchmark numbers are not
+tuned on it), uses random-resized crops of the probe's training images (not done: features are
+cached) and 100k samples seen (``epochs`` passes here).
 """
 import math
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
@@ -157,6 +160,25 @@ def probe_logits(probe: nn.Module, feats: torch.Tensor, out_size: Tuple[int, int
     return logits
 
 
+def flip_samples(feats: torch.Tensor, feats_flipped: torch.Tensor, masks: torch.Tensor,
+                 choose: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Per sample, the mirrored version where ``choose``: its mirrored-image features and its mask
+    flipped along the width.
+
+    Args:
+        feats (Tensor): ``[B, C, h, w]`` features of the images.
+        feats_flipped (Tensor): ``[B, C, h, w]`` features of the horizontally mirrored images.
+        masks (Tensor): ``[B, H, W]`` labels of the images.
+        choose (Tensor): bool ``[B]``, True = take the mirrored sample.
+
+    Returns:
+        tuple[Tensor, Tensor]: features ``[B, C, h, w]`` and masks ``[B, H, W]``.
+    """
+    c = choose.view(-1, 1, 1)
+    return (torch.where(c[..., None], feats_flipped, feats),
+            torch.where(c, masks.flip(-1), masks))
+
+
 def fit_linear_probe(train_feats: ArrayLike,
                      train_masks: ArrayLike,
                      num_classes: int,
@@ -166,12 +188,15 @@ def fit_linear_probe(train_feats: ArrayLike,
                      weight_decay: float = 0.0,
                      ignore_index: int = 255,
                      seed: int = 0,
-                     epoch_callback: Optional[Callable[[int, nn.Module], None]] = None
+                     epoch_callback: Optional[Callable[[int, nn.Module], None]] = None,
+                     train_feats_flipped: Optional[ArrayLike] = None
                      ) -> nn.Conv2d:
     """Fit a 1x1-conv linear probe on cached frozen patch features.
 
     Each step: ``logits = conv1x1(feats)`` -> bilinear upsampling to the mask size -> cross-entropy
-    with ``ignore_index``; Adam, constant learning rate (the CoTAP protocol).
+    with ``ignore_index``; Adam, constant learning rate (the CoTAP protocol). With
+    ``train_feats_flipped`` each sample of a step is, with probability 0.5 (drawn from the seeded
+    generator), replaced by its mirrored version (:func:`flip_samples`).
 
     Args:
         train_feats (np.ndarray | Tensor): ``[N, C, h, w]`` frozen features (no grad needed).
@@ -186,6 +211,8 @@ def fit_linear_probe(train_feats: ArrayLike,
         seed (int): seed of the probe initialisation and the shuffling. Defaults to 0.
         epoch_callback (Callable[[int, nn.Module], None], optional): called after each epoch with
             ``(epoch, probe)`` (e.g. to evaluate and keep the best).
+        train_feats_flipped (np.ndarray | Tensor, optional): ``[N, C, h, w]`` features of the
+            horizontally mirrored training images (same order). Defaults to None (no flip).
 
     Returns:
         nn.Conv2d: the trained probe ``Conv2d(C, K, 1)`` on the features' device, in eval mode.
@@ -207,6 +234,13 @@ def fit_linear_probe(train_feats: ArrayLike,
                          f'ignore_index={ignore_index}, got range [{int(valid.min())}, '
                          f'{int(valid.max())}]')
 
+    flipped = None
+    if train_feats_flipped is not None:
+        flipped = _to_float_tensor('train_feats_flipped', train_feats_flipped).to(feats.device)
+        if flipped.shape != feats.shape:
+            raise ValueError(f'train_feats_flipped must have the shape of train_feats '
+                             f'{tuple(feats.shape)}, got {tuple(flipped.shape)}')
+
     gen = torch.Generator().manual_seed(seed)
     probe = nn.Conv2d(feats.shape[1], num_classes, kernel_size=1)
     with torch.no_grad():
@@ -222,8 +256,12 @@ def fit_linear_probe(train_feats: ArrayLike,
         order = torch.randperm(n, generator=gen).to(feats.device)
         for start in range(0, n, batch_size):
             idx = order[start:start + batch_size]
-            logits = probe_logits(probe, feats[idx].detach(), out_size)
-            loss = F.cross_entropy(logits, masks[idx], ignore_index=ignore_index)
+            x, y = feats[idx].detach(), masks[idx]
+            if flipped is not None:
+                choose = (torch.rand(len(idx), generator=gen) < 0.5).to(feats.device)
+                x, y = flip_samples(x, flipped[idx].detach(), y, choose)
+            logits = probe_logits(probe, x, out_size)
+            loss = F.cross_entropy(logits, y, ignore_index=ignore_index)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -344,7 +382,8 @@ def extract_features(extract: ExtractFn,
                      data: Union[Tuple[ArrayLike, ArrayLike], Iterable],
                      batch_size: int = 16,
                      device: Union[str, torch.device, None] = None,
-                     name: str = 'data') -> Tuple[torch.Tensor, torch.Tensor]:
+                     name: str = 'data',
+                     mirror: bool = False) -> Tuple[torch.Tensor, torch.Tensor]:
     """Run a frozen extractor over a data set and cache features and masks in memory.
 
     Args:
@@ -355,6 +394,7 @@ def extract_features(extract: ExtractFn,
         batch_size (int): batch size when ``data`` are arrays. Defaults to 16.
         device (str | torch.device, optional): where images are sent. Defaults to None (as given).
         name (str): name used in error messages. Defaults to 'data'.
+        mirror (bool): flip images and masks horizontally first. Defaults to False.
 
     Returns:
         tuple[Tensor, Tensor]: features ``[N, C, h, w]`` (float32, detached) and masks
@@ -362,6 +402,8 @@ def extract_features(extract: ExtractFn,
     """
     feats, masks = [], []
     for imgs, msks in _iter_batches(data, batch_size, name):
+        if mirror:
+            imgs, msks = imgs.flip(-1), msks.flip(-1)
         if device is not None:
             imgs = imgs.to(device)
         f = extract(imgs)
@@ -387,6 +429,7 @@ def dense_linear_probe(backbone_fn: ExtractFn,
                        ignore_index: int = 255,
                        seed: int = 0,
                        select: str = 'last',
+                       flip: bool = True,
                        device: Union[str, torch.device, None] = None,
                        return_features: bool = False) -> Dict[str, Any]:
     """Frozen linear probe end to end: extract features, fit the 1x1 conv, score mIoU on val.
@@ -407,6 +450,9 @@ def dense_linear_probe(backbone_fn: ExtractFn,
         select (str): ``'last'`` (default): score the probe after the last epoch; ``'best'``:
             evaluate after every epoch and report the best val mIoU (the official CoTAP code's
             choice; optimistic since it selects on val).
+        flip (bool): horizontal flip of the training samples with probability 0.5, as released
+            (extracts the mirrored training images too; ``train_data`` must then be re-iterable).
+            Defaults to True; False = the earlier protocol without flip.
         device (str | torch.device, optional): device for extraction and probe. Defaults to None.
         return_features (bool): also return the cached val features/masks (``val_feats``,
             ``val_masks``) and the probe. Defaults to False.
@@ -418,7 +464,14 @@ def dense_linear_probe(backbone_fn: ExtractFn,
     """
     if select not in ('last', 'best'):
         raise ValueError(f"select must be 'last' or 'best', got {select!r}")
+    if not isinstance(flip, bool):
+        raise TypeError(f'flip must be a bool, got {flip!r}')
+    if flip and not isinstance(train_data, (tuple, list)) and iter(train_data) is train_data:
+        raise TypeError('flip=True reads train_data twice (plain and mirrored): pass a list, a '
+                        '(images, masks) tuple or a DataLoader, not a one-shot iterator')
     tr_f, tr_m = extract_features(backbone_fn, train_data, batch_size, device, 'train_data')
+    tr_f_flipped = (extract_features(backbone_fn, train_data, batch_size, device, 'train_data',
+                                     mirror=True)[0] if flip else None)
     va_f, va_m = extract_features(backbone_fn, val_data, batch_size, device, 'val_data')
     best: Dict[str, Any] = {}
 
@@ -431,7 +484,7 @@ def dense_linear_probe(backbone_fn: ExtractFn,
             best.update(res, epoch=epoch)
 
     probe = fit_linear_probe(tr_f, tr_m, num_classes, epochs, lr, batch_size, weight_decay,
-                             ignore_index, seed, _cb)
+                             ignore_index, seed, _cb, tr_f_flipped)
     if select == 'best':
         result = dict(best)
     else:

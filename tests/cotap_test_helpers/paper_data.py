@@ -1,7 +1,8 @@
 """Tiny on-disk COCO / ImageNet layouts with neighbour files, and shrinkers for the paper configs.
 
 ``write_paper_data`` writes what the released CoTAP configs read (``data/coco/train2017/*.jpg``,
-``data/imagenet/train/<wnid>/*.JPEG``, one k-NN file per data set written with
+``data/imagenet/train/<wnid>/*.JPEG``, one neighbour file per data set in the
+released layout (the image itself in column 0), written with
 :func:`cotap_mm.datasets.neighbors.write_neighbors`), ``shrink_cotap_data`` points a config's
 ``train_dataloader`` at it with small crops, ``shrink_cotap_model`` swaps the model for a tiny ViT
 that runs on CPU in milliseconds (everything else, e.g. the sources and loss terms, kept).
@@ -14,7 +15,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from cotap_mm.datasets.neighbors import knn_cosine, read_neighbors, write_neighbors
+from cotap_mm.datasets.neighbors import knn_cosine_self_first, read_neighbors, write_neighbors
 
 # relative to each data root, like the real files (the configs' defaults point to data/...)
 COCO_NN = 'knn/train2017_k7.npz'
@@ -29,10 +30,11 @@ def _write_images(folder: str, names: Sequence[str], rng: np.random.Generator, s
 
 
 def _neighbour_file(path: str, rel_paths: List[str], k: int, seed: int) -> str:
-    """k nearest neighbours (self excluded) of random features: a valid table like the tool's."""
+    """The image itself + its k - 1 nearest neighbours of random features: the tool's default."""
     feats = torch.from_numpy(np.random.default_rng(seed).standard_normal((len(rel_paths), 16)))
-    idx, sim = knn_cosine(feats.float(), k=k)
-    return write_neighbors(path, rel_paths, idx, sim, meta=dict(k=k, note='test data'))
+    idx, sim = knn_cosine_self_first(feats.float(), k=k)
+    return write_neighbors(path, rel_paths, idx, sim,
+                           meta=dict(k=k, includes_self=True, note='test data'))
 
 
 def write_paper_data(root: str, num_coco: int = 8, num_imagenet: int = 10, k: int = 7,

@@ -213,6 +213,8 @@ def _shrink_pipeline(pipeline: list, train_px: int, test_px: int) -> None:
                                                                                        train_px)
         elif typ == 'RandomCrop':
             t['crop_size'] = (train_px, train_px)
+        elif typ == 'mmpretrain.SegRandomResizedCrop':
+            t['size'] = train_px
         elif typ == 'Resize':
             t['scale'] = (test_px, test_px) if not t.get('keep_ratio', False) else (4 * test_px,
                                                                                    test_px)

@@ -19,8 +19,9 @@ from cotap_test_helpers.tiny_runs import REPO_ROOT, write_image_folder
 
 N = 6
 # serialize_data=False: mmengine's serialisation runs gc.collect, slow in a big test process (the
-# runner test below keeps the default)
-COCO = functools.partial(COCOUnlabeled, serialize_data=False)
+# runner test below keeps the default); num_neighbors=None: draw among all columns of the small
+# test files (the released default, 7 columns, is tested in test_released_columns_and_self)
+COCO = functools.partial(COCOUnlabeled, serialize_data=False, num_neighbors=None)
 
 
 def pack_path(results):
@@ -73,6 +74,56 @@ def test_neighbour_sampling_only_listed_and_uniform(coco):
             assert nbr.sample_idx == seen[-1]
         assert set(seen) == set(coco['nb'][i].tolist())  # only listed ones, all of them
         assert min(np.bincount(seen)[coco['nb'][i]]) >= 8  # ~uniform (20 expected)
+
+
+def _partner_counts(ds, i, draws=700):
+    """How often each dataset index was drawn as the partner of image ``i``."""
+    names = [osp.basename(ds.get_data_info(j)['img_path']) for j in range(len(ds))]
+    counts = np.zeros(len(ds), int)
+    for _ in range(draws):
+        counts[names.index(osp.basename(ds[i][1]['data_samples'].img_path))] += 1
+    return counts
+
+
+def test_released_columns_and_self(tmp_path):
+    """Released: uniform over columns 0-6 of a STEGO-layout row, column 0 the image itself."""
+    n, k = 10, 9
+    root = str(tmp_path / 'coco')
+    write_image_folder(osp.join(root, 'train2017'), num=n, size=24)
+    keys = [f'train2017/{x}' for x in sorted(os.listdir(osp.join(root, 'train2017')))]
+    nb = np.array([[i] + [(i + j) % n for j in range(1, k)] for i in range(n)])
+    sim = np.tile(np.linspace(1.0, 0.2, k, dtype=np.float32), (n, 1))
+    with_self = write_neighbors(str(tmp_path / 'self.npz'), keys, nb, sim,
+                                meta=dict(includes_self=True))
+    ds = COCOUnlabeled(data_root=root, neighbors_file=with_self, pipeline=[pack_path],
+                       serialize_data=False)  # defaults: num_neighbors=7, exclude_self=False
+    assert ds.num_neighbors == 7 and ds.exclude_self is False
+    np.testing.assert_array_equal(ds.neighbor_indices, nb[:, :7])
+    np.random.seed(0)
+    counts = _partner_counts(ds, 4)
+    assert set(np.nonzero(counts)[0]) == set(nb[4, :7].tolist())  # columns 0-6, itself included
+    assert counts[4] >= 60 and counts.max() <= 150  # ~1/7 each (100 expected)
+    # option: never the image itself -> columns 1-7
+    ds = COCOUnlabeled(data_root=root, neighbors_file=with_self, pipeline=[pack_path],
+                       serialize_data=False, exclude_self=True)
+    np.testing.assert_array_equal(ds.neighbor_indices, nb[:, 1:8])
+    assert set(np.nonzero(_partner_counts(ds, 4, 200))[0]) == set(nb[4, 1:8].tolist())
+    # a file without the self column: exclude_self changes nothing
+    no_self = write_neighbors(str(tmp_path / 'noself.npz'), keys, nb[:, 1:], sim[:, 1:])
+    for exclude in (False, True):
+        ds = COCOUnlabeled(data_root=root, neighbors_file=no_self, pipeline=[pack_path],
+                           serialize_data=False, exclude_self=exclude)
+        np.testing.assert_array_equal(ds.neighbor_indices, nb[:, 1:8])
+    # too few columns, bad values: errors naming the file / value
+    with pytest.raises(ValueError, match=r'self.npz: num_neighbors=9 needs at least 9 columns, '
+                                         r'the file has 8 after dropping the self column'):
+        COCOUnlabeled(data_root=root, neighbors_file=with_self, num_neighbors=9,
+                      exclude_self=True, serialize_data=False)
+    for bad in (0, 2.0, True):
+        with pytest.raises(ValueError, match='num_neighbors must be a positive int'):
+            COCOUnlabeled(data_root=root, neighbors_file=with_self, num_neighbors=bad)
+    with pytest.raises(TypeError, match='exclude_self must be a bool'):
+        COCOUnlabeled(data_root=root, neighbors_file=with_self, exclude_self='yes')
 
 
 def test_ann_files_and_subsets(coco, tmp_path):
@@ -132,7 +183,7 @@ def test_imagenet_layout(tmp_path):
     nn_file = write_neighbors(osp.join(root, 'knn.json'), keys, np.array([[1], [2], [3], [0]]),
                               np.ones((4, 1)))
     ds = ImageNetUnlabeled(data_root=root, neighbors_file=nn_file, pipeline=[pack_path],
-                           serialize_data=False)
+                           serialize_data=False, num_neighbors=1)
     assert len(ds) == 4 and ds.source_name == 'imagenet'
     item = ds[1]
     assert [x['data_samples'].source for x in item] == ['imagenet', 'imagenet']
@@ -157,7 +208,8 @@ def test_real_view_pipeline_and_collate_through_the_runner(coco):
             dict(batch_size=3, num_workers=0, sampler=dict(type='DefaultSampler', shuffle=False),
                  collate_fn=dict(type='neighbor_collate'),
                  dataset=dict(type='COCOUnlabeled', data_root=coco['root'],
-                              neighbors_file=coco['nn_file'], pipeline=pipeline)), seed=0)
+                              neighbors_file=coco['nn_file'], num_neighbors=3,
+                              pipeline=pipeline)), seed=0)
         batch = next(iter(loader))
     inputs, samples = batch['inputs'], batch['data_samples']
     # 2 global + 4 local student views, then 2 teacher views; 3 anchors + 3 neighbours

@@ -40,9 +40,11 @@ def data(tmp_path):
     def cfgs(neighbors: bool):
         # serialize_data=False: mmengine's serialisation runs gc.collect (slow in a big process)
         return (dict(type='COCOUnlabeled', data_root=coco_root, pipeline=[pack_path],
-                     neighbors_file=coco[2] if neighbors else None, serialize_data=False),
+                     neighbors_file=coco[2] if neighbors else None, num_neighbors=None,
+                     serialize_data=False),
                 dict(type='ImageNetUnlabeled', data_root=in_root, pipeline=[pack_path],
-                     neighbors_file=imnet[2] if neighbors else None, serialize_data=False))
+                     neighbors_file=imnet[2] if neighbors else None, num_neighbors=None,
+                     serialize_data=False))
     return dict(coco=coco, imnet=imnet, cfgs=cfgs)
 
 

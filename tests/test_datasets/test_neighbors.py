@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from cotap_mm.datasets.neighbors import (NeighborTable, knn_cosine, neighbor_index_table,
+from cotap_mm.datasets.neighbors import (NeighborTable, knn_cosine, knn_cosine_self_first,
+                                         neighbor_candidates, neighbor_index_table,
                                          read_neighbors, relative_key, sample_neighbor,
                                          write_neighbors)
 
@@ -92,6 +93,34 @@ def test_knn_bad_input():
         knn_cosine(feats, 2, queries=torch.tensor([5]))
 
 
+def test_knn_self_first_is_stego_layout():
+    """Column 0 the query itself (similarity 1), then the brute-force k - 1 nearest others; exact
+    duplicates (also cosine 1) never take column 0; a zero feature gets self-similarity 0."""
+    rng = np.random.default_rng(3)
+    feats = rng.normal(size=(12, 5))
+    feats[9] = 2.0 * feats[4]  # cosine 1 with image 4
+    ref_idx, ref_sim = brute_force_knn(feats, 3)
+    idx, sim = knn_cosine_self_first(torch.from_numpy(feats).float(), 4, key_chunk=5)
+    assert idx.shape == (12, 4) and sim.dtype == torch.float32
+    np.testing.assert_array_equal(idx[:, 0].numpy(), np.arange(12))
+    np.testing.assert_allclose(sim[:, 0].numpy(), 1.0, atol=1e-6)
+    same = {9: 4}  # the duplicate pair ties with every query: compare up to the copy
+    canon = lambda a: np.vectorize(lambda j: same.get(int(j), int(j)))(a)  # noqa: E731
+    np.testing.assert_array_equal(canon(idx[:, 1:].numpy()), canon(ref_idx))
+    np.testing.assert_allclose(sim[:, 1:].numpy(), ref_sim, atol=1e-5)
+    assert idx[4, 1] == 9 and idx[9, 1] == 4
+    sub_idx, sub_sim = knn_cosine_self_first(torch.from_numpy(feats).float(), 4,
+                                             queries=slice(3, 7))
+    torch.testing.assert_close(sub_idx, idx[3:7], rtol=0, atol=0)
+    torch.testing.assert_close(sub_sim, sim[3:7])
+    feats[11] = 0.0
+    idx, sim = knn_cosine_self_first(torch.from_numpy(feats).float(), 2)
+    assert idx[11, 0] == 11 and sim[11, 0] == 0
+    for k in (1, 13, 2.0):
+        with pytest.raises(ValueError, match=r'k must be an int in \[2, 12\]'):
+            knn_cosine_self_first(torch.from_numpy(feats).float(), k)
+
+
 # ----------------------------------------------------------------------------- file
 
 
@@ -165,6 +194,54 @@ def test_read_errors_name_the_file(tmp_path):
     with pytest.raises(ValueError, match='lists itself'):  # write validates too
         write_neighbors(str(tmp_path / 'w.npz'), paths, np.zeros((6, 2), int), sim)
     assert not osp.exists(tmp_path / 'w.npz')
+
+
+def test_self_column_only_when_meta_says_so(tmp_path):
+    """meta includes_self: column 0 must be the image, no other column may be; without it, no
+    column may be the image."""
+    paths, nb, sim = _table(n=6, k=2)
+    with_self = np.concatenate([np.arange(6)[:, None], nb], 1)
+    sim3 = np.concatenate([np.ones((6, 1), np.float32), sim], 1)
+    out = write_neighbors(str(tmp_path / 's.json'), paths, with_self, sim3,
+                          meta=dict(includes_self=True, feature='patch-mean'))
+    table = read_neighbors(out)
+    assert table.includes_self and table.k == 3
+    np.testing.assert_array_equal(table.neighbors, with_self)
+    assert not NeighborTable(paths, nb, sim).includes_self
+    cases = {
+        'no meta': (with_self, None, 'lists itself as a neighbour'),
+        'meta false': (with_self, dict(includes_self=False), 'lists itself as a neighbour'),
+        'column 0 not self': (np.concatenate([nb[:, :1], with_self[:, :2]], 1),
+                              dict(includes_self=True), 'column 0 of row 0'),
+        'self twice': (np.concatenate([with_self[:, :2], np.arange(6)[:, None]], 1),
+                       dict(includes_self=True), 'in a column other than 0'),
+        'only self': (with_self[:, :1], dict(includes_self=True), 'k must be >= 2'),
+        'not a bool': (with_self, dict(includes_self='yes'), "includes_self'] must be true"),
+    }
+    for name, (table_nb, meta, msg) in cases.items():
+        path = str(tmp_path / f'{name.replace(" ", "_")}.npz')
+        with pytest.raises(ValueError, match=msg) as e:
+            write_neighbors(path, paths, table_nb, sim3[:, :table_nb.shape[1]], meta)
+        assert path in str(e.value), name
+        assert not osp.exists(path)
+
+
+def test_neighbor_candidates_columns_and_self():
+    rows = np.array([[0, 3, 1, 2], [1, 0, -1, 2], [2, -1, -1, 0]])
+    np.testing.assert_array_equal(neighbor_candidates(rows, 3, includes_self=True), rows[:, :3])
+    np.testing.assert_array_equal(
+        neighbor_candidates(rows, 3, includes_self=True, exclude_self=True), rows[:, 1:])
+    np.testing.assert_array_equal(neighbor_candidates(rows, None, includes_self=True), rows)
+    # a table without a self column: exclude_self drops nothing
+    np.testing.assert_array_equal(neighbor_candidates(rows, 2, exclude_self=True), rows[:, :2])
+    with pytest.raises(ValueError, match=r'x.npz: num_neighbors=4 needs at least 4 columns, the '
+                                         r'file has 3 after dropping the self column'):
+        neighbor_candidates(rows, 4, includes_self=True, exclude_self=True, path='x.npz')
+    with pytest.raises(ValueError, match='dataset image 2 has no candidate left in the 2 '):
+        neighbor_candidates(rows, 2, includes_self=True, exclude_self=True, path='x.npz')
+    for bad in (0, 1.5, True):
+        with pytest.raises(ValueError, match='num_neighbors must be a positive int'):
+            neighbor_candidates(rows, bad)
 
 
 # ----------------------------------------------------------------------------- mapping / sampling

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 from cotap_mm.evaluation.linear_probe import (build_patch_feature_extractor, confusion_matrix,
                                               dense_linear_probe, evaluate_linear_probe,
-                                              extract_features, fit_linear_probe,
+                                              extract_features, fit_linear_probe, flip_samples,
                                               images_to_tensor, miou_from_confusion,
                                               predict_linear_probe)
 from cotap_test_helpers.tool_runs import load_tool
@@ -157,17 +157,24 @@ def test_probe_respects_ignore_index():
         fit_linear_probe(tr_f[0], tr_m, k, epochs=1)
 
 
+def _reference_probe(c, k, seed):
+    """The probe's documented initialisation, written out: U(+-1/sqrt(C)) weights from a seeded
+    generator, zero bias; returns the conv and the generator (for the draws that follow)."""
+    ref = torch.nn.Conv2d(c, k, 1)
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        bound = 1 / np.sqrt(c)
+        ref.weight.copy_(torch.empty_like(ref.weight).uniform_(-bound, bound, generator=g))
+        ref.bias.zero_()
+    return ref, g
+
+
 def test_probe_upsamples_logits_bilinearly():
     """One full-batch Adam step from the same init equals a hand-written step."""
     k = 3
     tr_f, tr_m = _patch_data(4, k, _onehot_feats, 0)
     probe = fit_linear_probe(tr_f, tr_m, k, epochs=1, lr=0.01, batch_size=4, seed=3)
-    ref = torch.nn.Conv2d(8, k, 1)
-    g = torch.Generator().manual_seed(3)
-    with torch.no_grad():
-        bound = 1 / np.sqrt(8)
-        ref.weight.copy_(torch.empty_like(ref.weight).uniform_(-bound, bound, generator=g))
-        ref.bias.zero_()
+    ref, g = _reference_probe(8, k, seed=3)
     opt = torch.optim.Adam(ref.parameters(), lr=0.01)
     order = torch.randperm(4, generator=g)
     logits = F.interpolate(ref(tr_f[order]), size=(16, 16), mode='bilinear', align_corners=False)
@@ -175,6 +182,70 @@ def test_probe_upsamples_logits_bilinearly():
     opt.step()
     torch.testing.assert_close(probe.weight, ref.weight)
     torch.testing.assert_close(probe.bias, ref.bias)
+
+
+def test_flip_samples_by_hand():
+    feats = torch.arange(2 * 1 * 2 * 3, dtype=torch.float).view(2, 1, 2, 3)
+    mirrored = -feats
+    masks = torch.tensor([[[0, 1, 2, 3]], [[4, 5, 6, 7]]])
+    x, y = flip_samples(feats, mirrored, masks, torch.tensor([True, False]))
+    assert torch.equal(x[0], -feats[0]) and torch.equal(x[1], feats[1])
+    assert y.tolist() == [[[3, 2, 1, 0]], [[4, 5, 6, 7]]]
+
+
+def test_probe_flip_step_equals_hand_written_step():
+    """With mirrored features: one full-batch Adam step from the same init and the same draws
+    (init, permutation, one Bernoulli(0.5) per sample) equals a hand-written step."""
+    k = 3
+    tr_f, tr_m = _patch_data(6, k, _onehot_feats, 0)
+    mirrored = torch.randn(tr_f.shape, generator=torch.Generator().manual_seed(1))
+    probe = fit_linear_probe(tr_f, tr_m, k, epochs=1, lr=0.01, batch_size=6, seed=3,
+                             train_feats_flipped=mirrored)
+    ref, g = _reference_probe(8, k, seed=3)
+    opt = torch.optim.Adam(ref.parameters(), lr=0.01)
+    order = torch.randperm(6, generator=g)
+    choose = torch.rand(6, generator=g) < 0.5
+    assert 0 < int(choose.sum()) < 6  # both kinds in the batch
+    x = torch.stack([mirrored[i] if c else tr_f[i] for i, c in zip(order.tolist(), choose)])
+    y = torch.stack([tr_m[i].flip(-1) if c else tr_m[i] for i, c in zip(order.tolist(), choose)])
+    logits = F.interpolate(ref(x), size=(16, 16), mode='bilinear', align_corners=False)
+    F.cross_entropy(logits, y, ignore_index=255).backward()
+    opt.step()
+    torch.testing.assert_close(probe.weight, ref.weight)
+    torch.testing.assert_close(probe.bias, ref.bias)
+    with pytest.raises(ValueError, match='train_feats_flipped must have the shape'):
+        fit_linear_probe(tr_f, tr_m, k, epochs=1, train_feats_flipped=mirrored[:2])
+
+
+def test_dense_probe_flip_extracts_mirrored_training_images():
+    k = 2
+    seen = []
+
+    def extract(images):  # features remember which image (and which side) they came from
+        seen.append(images.clone())
+        return F.avg_pool2d(images[:, :2], 4)
+
+    g = torch.Generator().manual_seed(0)
+    imgs = torch.rand(4, 3, 8, 8, generator=g) * 255
+    masks = torch.randint(0, k, (4, 8, 8), generator=g)
+    val = (imgs[:2], masks[:2])
+    dense_linear_probe(extract, (imgs, masks), val, k, epochs=1, batch_size=4)  # flip default
+    assert len(seen) == 3  # train, mirrored train, val
+    assert torch.equal(seen[0], imgs) and torch.equal(seen[1], imgs.flip(-1))
+    seen.clear()
+    off = dense_linear_probe(extract, (imgs, masks), val, k, epochs=2, batch_size=4, flip=False,
+                             return_features=True)
+    assert len(seen) == 2
+    # flip=False is the earlier protocol: the probe fit on the plain cached features
+    ref = fit_linear_probe(F.avg_pool2d(imgs[:, :2], 4), masks, k, epochs=2, batch_size=4)
+    torch.testing.assert_close(off['probe'].weight, ref.weight)
+    with pytest.raises(TypeError, match='one-shot iterator'):
+        dense_linear_probe(extract, iter([(imgs, masks)]), val, k, epochs=1)
+    with pytest.raises(TypeError, match='flip must be a bool'):
+        dense_linear_probe(extract, (imgs, masks), val, k, flip='yes')
+    # mirrored masks come with mirrored images
+    f, m = extract_features(lambda x: x[:, :, ::4, ::4], (imgs, masks), mirror=True)
+    assert torch.equal(m, masks.flip(-1)) and torch.equal(f, imgs.flip(-1)[:, :, ::4, ::4])
 
 
 def test_dense_linear_probe_end_to_end_with_oracle_extractor():
@@ -291,8 +362,13 @@ def test_dense_probe_cli_synthetic(tiny_cfg_ckpt, tmp_path):
     for key in ('intra', 'inter', 'dispersion', 'intra_instance', 'instance_dispersion'):
         assert key in res['dispersion']
     with open(out_json) as f:
-        assert json.load(f)['num_classes'] == 4
+        saved = json.load(f)
+    assert saved['num_classes'] == 4 and saved['flip'] is True and saved['select'] == 'last'
     assert osp.isfile(str(tmp_path / 'vis' / 'val_0000.png'))
+    no_flip = tool.main([cfg, ckpt, '--data', 'synthetic', '--num-train', '4', '--num-val', '2',
+                         '--image-size', '64', '--num-classes', '3', '--epochs', '2',
+                         '--batch-size', '2', '--no-flip'])
+    assert no_flip['flip'] is False
 
 
 def test_dense_probe_cli_folder(tiny_cfg_ckpt, tmp_path):

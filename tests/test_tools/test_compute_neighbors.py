@@ -1,4 +1,8 @@
-"""tools/misc/compute_neighbors.py on a tiny COCO-layout folder: 1 process, torchrun x 2 (gloo)."""
+"""tools/misc/compute_neighbors.py on a tiny COCO-layout folder: 1 process, torchrun x 2 (gloo).
+
+Default (released, STEGO layout): mean-pooled final-norm patch tokens, shorter side resized with
+nearest sampling + centre crop, the image itself in column 0. Option: CLS token, squashed images,
+the image itself excluded."""
 import os
 import os.path as osp
 import shutil
@@ -8,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from torchvision import transforms as T
 
 import cotap_mm  # noqa: F401
 from cotap_mm.datasets.neighbors import read_neighbors
@@ -47,6 +52,9 @@ def setup(tmp_path_factory):
                 state={k: v for k, v in backbone.state_dict().items()})
 
 
+OLD_OPTIONS = ['--feature', 'cls', '--no-include-self', '--resize', 'squash']
+
+
 def _args(setup, out, checkpoint=True):
     args = [setup['cfg'], '--data-root', setup['root'], '--data-prefix', 'train2017',
             '--out', out, '-k', str(K), '--img-size', '32', '--batch-size', '3',
@@ -54,20 +62,31 @@ def _args(setup, out, checkpoint=True):
     return args + (['--checkpoint', setup['ckpt']] if checkpoint else [])
 
 
-def reference_features(setup) -> np.ndarray:
-    """CLS tokens of the same weights, computed here with PIL + the backbone's own forward."""
-    model = MODELS.build(dict(BACKBONE, out_type='cls_token'))
+def reference_features(setup, feature='patch-mean') -> np.ndarray:
+    """Features of the same weights, computed here with the backbone's own forward.
+
+    'patch-mean' as STEGO's precompute_knns: torchvision Resize(32, NEAREST) + CenterCrop(32), the
+    final-norm patch-token map averaged; 'cls': PIL bilinear 32 x 32, the final-norm CLS token.
+    """
+    out_type = 'featmap' if feature == 'patch-mean' else 'cls_token'
+    model = MODELS.build(dict(BACKBONE, out_type=out_type))
     model.load_state_dict(setup['state'])
     model.eval()
+    stego = T.Compose([T.Resize(32, T.InterpolationMode.NEAREST), T.CenterCrop(32)])
     mean = torch.tensor([123.675, 116.28, 103.53]).view(1, 3, 1, 1)
     std = torch.tensor([58.395, 57.12, 57.375]).view(1, 3, 1, 1)
     imgs = []
     for i in range(N_DISTINCT + len(DUPLICATES)):
         img = Image.open(osp.join(setup['root'], 'train2017', f'{i:012d}.jpg')).convert('RGB')
-        imgs.append(np.asarray(img.resize((32, 32), Image.BILINEAR)))
+        img = stego(img) if feature == 'patch-mean' else img.resize((32, 32), Image.BILINEAR)
+        imgs.append(np.asarray(img))
     x = (torch.from_numpy(np.stack(imgs)).permute(0, 3, 1, 2).float() - mean) / std
     with torch.no_grad():
-        return model(x)[-1].double().numpy()
+        out = model(x)[-1]
+    if feature == 'patch-mean':
+        assert out.shape[2:] == (4, 4)
+        out = out.mean((2, 3))
+    return out.double().numpy()
 
 
 def brute_force_sims(feats: np.ndarray) -> np.ndarray:
@@ -98,23 +117,45 @@ def single_run(setup):
 
 
 def test_single_process_matches_brute_force(setup, single_run):
+    """Default: STEGO layout, column 0 the image itself, then its K - 1 nearest others."""
     out, stdout = single_run
     assert f'{N_DISTINCT + 2}/{N_DISTINCT + 2}' in stdout and 'task/s' in stdout  # progress bar
-    assert '1 unused keys' in stdout
+    assert '1 unused keys' in stdout and 'image itself in column 0' in stdout
     table = read_neighbors(out)
     n = N_DISTINCT + len(DUPLICATES)
     assert table.img_paths == [f'train2017/{i:012d}.jpg' for i in range(n)]
     assert table.neighbors.shape == (n, K) and table.meta['k'] == K
     assert table.meta['checkpoint'] == setup['ckpt'] and table.meta['img_size'] == 32
-    sims = brute_force_sims(reference_features(setup))
+    assert table.includes_self and table.meta['feature'] == 'patch-mean'
+    assert table.meta['resize'] == 'stego'
+    np.testing.assert_array_equal(table.neighbors[:, 0], np.arange(n))
+    np.testing.assert_allclose(table.similarities[:, 0], 1.0, atol=1e-5)
+    sims = brute_force_sims(reference_features(setup, 'patch-mean'))
+    ref_topk = -np.sort(-sims, axis=1)[:, :K - 1]
+    # the other columns have the brute-force top-(K-1) similarities, in order (tie-tolerant)
+    np.testing.assert_allclose(np.take_along_axis(sims, table.neighbors[:, 1:], 1), ref_topk,
+                               atol=1e-5)
+    np.testing.assert_allclose(table.similarities[:, 1:], ref_topk, atol=1e-5)
+    for dup, src in DUPLICATES.items():  # copies come right after the image itself
+        assert table.neighbors[dup, 1] == src and table.neighbors[src, 1] == dup
+        assert table.similarities[dup, 1] == pytest.approx(1.0, abs=1e-5)
+
+
+def test_cls_feature_without_self_option(setup):
+    """The earlier cotap_mm table: CLS token, squashed images, K other images."""
+    out = str(setup['tmp'] / 'cls.npz')
+    run([sys.executable, TOOL] + _args(setup, out) + OLD_OPTIONS)
+    table = read_neighbors(out)
+    assert not table.includes_self and table.meta['feature'] == 'cls'
+    assert table.meta['resize'] == 'squash' and table.k == K
+    sims = brute_force_sims(reference_features(setup, 'cls'))
     ref_topk = -np.sort(-sims, axis=1)[:, :K]
-    # the chosen neighbours have the brute-force top-k similarities, in order (tie-tolerant)
     np.testing.assert_allclose(np.take_along_axis(sims, table.neighbors, 1), ref_topk,
                                atol=1e-5)
     np.testing.assert_allclose(table.similarities, ref_topk, atol=1e-5)
+    assert not (table.neighbors == np.arange(len(sims))[:, None]).any()
     for dup, src in DUPLICATES.items():  # copies are each other's nearest neighbour
         assert table.neighbors[dup, 0] == src and table.neighbors[src, 0] == dup
-        assert table.similarities[dup, 0] == pytest.approx(1.0, abs=1e-5)
 
 
 def test_torchrun_two_processes_equals_one(setup, single_run):
@@ -140,14 +181,36 @@ def test_without_checkpoint_in_process_and_errors(setup):
     ta, tb = read_neighbors(a), read_neighbors(b)
     assert ta.meta['checkpoint'] is None
     np.testing.assert_array_equal(canonical(ta.neighbors), canonical(tb.neighbors))  # seeded
-    for dup, src in DUPLICATES.items():
-        assert ta.neighbors[dup, 0] == src and ta.neighbors[src, 0] == dup
+    for dup, src in DUPLICATES.items():  # column 0 the image itself, then its copy
+        assert ta.neighbors[dup, 1] == src and ta.neighbors[src, 1] == dup
     with pytest.raises(KeyError, match='ckpt.pth') as e:
         tool.main(_args(setup, str(setup['tmp'] / 'c.npz')) + ['--checkpoint-prefix', 'teacher.'])
     assert "'teacher.'" in str(e.value)
-    with pytest.raises(ValueError, match='need more than k=10'):
-        tool.main(_args(setup, str(setup['tmp'] / 'c.npz')) + ['-k', '10'])
+    with pytest.raises(ValueError, match='need at least 11 for k=11'):
+        tool.main(_args(setup, str(setup['tmp'] / 'c.npz')) + ['-k', '11'])
+    with pytest.raises(ValueError, match='need at least 11 for k=10'):
+        tool.main(_args(setup, str(setup['tmp'] / 'c.npz')) + ['-k', '10', '--no-include-self'])
+    for bad in (['-k', '1'], ['--feature', 'gem'], ['--resize', 'crop']):
+        with pytest.raises(SystemExit):
+            tool.main(_args(setup, str(setup['tmp'] / 'c.npz')) + bad)
     with pytest.raises(SystemExit):
         tool.main(_args(setup, str(setup['tmp'] / 'c.pkl')))
     assert tool.shard_bounds(10, 3, 0) == (0, 4) and tool.shard_bounds(10, 3, 2) == (8, 10)
     assert tool.shard_bounds(2, 3, 2) == (2, 2)
+
+
+def test_resize_image_stego_matches_torchvision():
+    """'stego' = torchvision Resize(S, NEAREST) + CenterCrop(S) (the released files' input)."""
+    tool = _load_tool()
+    rng = np.random.default_rng(3)
+    for h, w in ((36, 44), (45, 31), (32, 32), (50, 33)):
+        img = Image.fromarray(rng.integers(0, 256, size=(h, w, 3), dtype=np.uint8))
+        ref = T.Compose([T.Resize(32, T.InterpolationMode.NEAREST), T.CenterCrop(32)])(img)
+        got = tool.resize_image(img, 32, 'stego')
+        assert got.size == (32, 32)
+        np.testing.assert_array_equal(np.asarray(got), np.asarray(ref))
+        squash = tool.resize_image(img, 32, 'squash')
+        np.testing.assert_array_equal(np.asarray(squash),
+                                      np.asarray(img.resize((32, 32), Image.BILINEAR)))
+    with pytest.raises(ValueError, match="'crop'"):
+        tool.resize_image(img, 32, 'crop')

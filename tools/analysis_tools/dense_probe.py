@@ -65,6 +65,9 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     p.add_argument('--batch-size', type=int, default=16)
     p.add_argument('--select', choices=['last', 'best'], default='last',
                    help="report the last epoch's val mIoU or the best one (official CoTAP code)")
+    p.add_argument('--flip', action=argparse.BooleanOptionalAction, default=True,
+                   help='horizontal flip of the probe training samples, p 0.5 (released CoTAP; '
+                   'default); --no-flip: the earlier protocol without')
     p.add_argument('--prefix', default='backbone.',
                    help="checkpoint key prefix of the backbone ('' = keys are the backbone's)")
     p.add_argument('--device', default='cpu')
@@ -220,7 +223,7 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
     res = dense_evaluation(
         extract, (tr_i, tr_m), (va_i, va_m), num_classes, val_instances=insts,
         epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, seed=args.seed,
-        select=args.select, device=args.device)
+        select=args.select, flip=args.flip, device=args.device)
     va_f = res.pop('val_feats')
     disp = res['dispersion']
     n, c, h, w = va_f.shape
@@ -245,6 +248,8 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
         pixel_acc=res['pixel_acc'],
         mAcc=res['mAcc'],
         epoch=res['epoch'],
+        select=args.select,
+        flip=args.flip,
         per_class_iou=[None if np.isnan(v) else float(v) for v in res['per_class_iou']],
         dispersion=disp,
         num_classes=num_classes,

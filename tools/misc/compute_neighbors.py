@@ -1,13 +1,23 @@
-"""Precompute the k nearest neighbours of every training image with a backbone's global feature.
+"""Precompute the neighbour table of every training image with a backbone's global feature.
 
-CoTAP (https://arxiv.org/abs/2509.09429) loads with every image one of its 7 nearest neighbours,
-found beforehand with a pretrained backbone: cosine similarity of the global feature (the CLS token
-after the final norm for a ViT, the average-pooled last feature map otherwise), the image itself
-excluded. Images are resized to ``--img-size`` squared (bilinear, no crop) and normalised with the
-ImageNet mean / std. The output file (``.npz`` or ``.json``; format in
-``cotap_mm/datasets/neighbors.py``) holds image paths relative to ``--data-root``, so a dataset
-with the same ``data_root`` (``COCOUnlabeled``, ``ImageNetUnlabeled``, ``neighbors_file=...``)
-finds them.
+CoTAP (https://arxiv.org/abs/2509.09429) loads with every image a partner drawn uniformly from the
+first 7 columns of a precomputed table. The released tables are STEGO's ``precompute_knns`` files,
+which this tool reproduces by default:
+
+* ``--feature patch-mean``: the mean of the last layer's patch tokens after the final norm (a
+  ViT; the average-pooled last feature map otherwise); ``cls``: the CLS token after the final norm
+  (cotap_mm's earlier choice);
+* ``--include-self`` (default): column 0 is the image itself, then its ``k - 1`` nearest
+  neighbours, so with ``-k 7`` about one pair in seven is the image with itself, as released;
+  ``--no-include-self``: ``k`` nearest other images (cotap_mm's earlier choice);
+* ``--resize stego``: shorter side to ``--img-size`` (nearest neighbour) and a centre crop of
+  ``--img-size`` squared (STEGO's ``get_transform(res, False, 'center')``); ``squash``: resized to
+  ``--img-size`` squared, bilinear, no crop (cotap_mm's earlier choice).
+
+Cosine similarity, ImageNet mean / std normalisation. The output file (``.npz`` or ``.json``;
+format in ``cotap_mm/datasets/neighbors.py``; ``meta`` records the three choices) holds image paths
+relative to ``--data-root``, so a dataset with the same ``data_root`` (``COCOUnlabeled``,
+``ImageNetUnlabeled``, ``neighbors_file=...``) finds them.
 
 Examples::
 
@@ -16,6 +26,9 @@ Examples::
         --checkpoint checkpoints/dino_vits16_cotap.pth \\
         --data-root data/coco --data-prefix train2017 \\
         --out data/coco/knn/train2017_dino_vits16_k7.npz
+    # the earlier cotap_mm table: CLS feature, 7 other images, squashed images
+    python tools/misc/compute_neighbors.py CONFIG --checkpoint CKPT --data-root data/coco \\
+        --data-prefix train2017 --feature cls --no-include-self --resize squash --out OUT.npz
     # ImageNet-1k train on 8 GPUs
     torchrun --nproc_per_node 8 tools/misc/compute_neighbors.py CONFIG --checkpoint CKPT \\
         --data-root data/imagenet --data-prefix train \\
@@ -46,15 +59,20 @@ from torch.utils.data import DataLoader, Dataset  # noqa: E402
 
 import cotap_mm  # noqa: E402,F401  (registers modules, installs the safe checkpoint loader)
 from cotap_mm.datasets.coco_unlabeled import UnlabeledImageDataset  # noqa: E402
-from cotap_mm.datasets.neighbors import knn_cosine, relative_key, write_neighbors  # noqa: E402
+from cotap_mm.datasets.neighbors import (knn_cosine, knn_cosine_self_first,  # noqa: E402
+                                         relative_key, write_neighbors)
 from cotap_mm.evaluation.linear_probe import last_layer_output, normalize_images  # noqa: E402
 from cotap_mm.utils import safe_torch_load, trust_checkpoint  # noqa: E402
 from cotap_mm.utils.launch import init_cpu_process_group, shutdown_process_group  # noqa: E402
 from mmpretrain.registry import MODELS  # noqa: E402
 
+FEATURES = ('patch-mean', 'cls')
+RESIZE_MODES = ('stego', 'squash')
+
+
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        description='k nearest neighbours of every image with a backbone\'s global feature')
+        description='neighbour table of every image with a backbone\'s global feature')
     parser.add_argument('config', help='config whose model.backbone (or model) is the backbone')
     parser.add_argument('--checkpoint', default=None,
                         help='checkpoint with the backbone weights (without it: random init '
@@ -71,8 +89,18 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                         help='optional image list (text, or COCO .json), relative to --data-root')
     parser.add_argument('--out', required=True, help='output neighbour file (.npz or .json)')
     parser.add_argument('-k', '--num-neighbors', type=int, default=7,
-                        help='neighbours per image (CoTAP: 7)')
-    parser.add_argument('--img-size', type=int, default=224, help='images resized to this square')
+                        help='columns per image, the image itself included with --include-self '
+                        '(released CoTAP draws from columns 0-6: 7)')
+    parser.add_argument('--feature', choices=FEATURES, default='patch-mean',
+                        help="global feature: 'patch-mean' = mean of the final-norm patch tokens "
+                        "(STEGO / released), 'cls' = final-norm CLS token")
+    parser.add_argument('--include-self', action=argparse.BooleanOptionalAction, default=True,
+                        help='column 0 is the image itself (STEGO / released; default); '
+                        '--no-include-self: k other images')
+    parser.add_argument('--resize', choices=RESIZE_MODES, default='stego',
+                        help="'stego' = shorter side to --img-size (nearest) + centre crop "
+                        "(released); 'squash' = --img-size squared, bilinear, no crop")
+    parser.add_argument('--img-size', type=int, default=224, help='model input side (pixels)')
     parser.add_argument('--batch-size', type=int, default=64, help='images per forward')
     parser.add_argument('--num-workers', type=int, default=4, help='dataloader workers per rank')
     parser.add_argument('--device', default=None,
@@ -87,8 +115,11 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                         help="'pytorch' under torchrun")
     parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
     args = parser.parse_args(argv)
-    if args.num_neighbors < 1:
-        parser.error(f'-k must be >= 1, got {args.num_neighbors}')
+    min_k = 2 if args.include_self else 1
+    if args.num_neighbors < min_k:
+        parser.error(f'-k must be >= {min_k}' + (' (column 0 is the image itself)' if
+                                                 args.include_self else '') +
+                     f', got {args.num_neighbors}')
     if args.img_size < 1 or args.batch_size < 1 or args.num_workers < 0:
         parser.error('--img-size and --batch-size must be >= 1, --num-workers >= 0')
     if osp.splitext(args.out)[1].lower() not in ('.npz', '.json'):
@@ -96,12 +127,38 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     return args
 
 
-class ResizedImages(Dataset):
-    """Images as uint8 ``[3, S, S]`` RGB tensors, resized (bilinear, PIL) without cropping."""
+def resize_image(img: Image.Image, size: int, mode: str = 'stego') -> Image.Image:
+    """``size`` x ``size`` RGB model input of a PIL image.
 
-    def __init__(self, paths: Sequence[str], size: int) -> None:
+    Args:
+        img (PIL.Image.Image): the image.
+        size (int): output side.
+        mode (str): 'stego': shorter side to ``size`` with nearest-neighbour sampling (longer
+            side ``int(size * long / short)``), then the centre ``size`` x ``size`` crop (offsets
+            ``int(round((side - size) / 2))``), as STEGO's ``precompute_knns`` that wrote the
+            released files; 'squash': bilinear resize to ``size`` x ``size``, no crop.
+    """
+    if mode == 'squash':
+        return img.resize((size, size), Image.BILINEAR)
+    if mode != 'stego':
+        raise ValueError(f'resize mode must be one of {RESIZE_MODES}, got {mode!r}')
+    w, h = img.size
+    if w <= h:
+        new_w, new_h = size, int(size * h / w)
+    else:
+        new_w, new_h = int(size * w / h), size
+    img = img.resize((new_w, new_h), Image.NEAREST)
+    left, top = int(round((new_w - size) / 2.0)), int(round((new_h - size) / 2.0))
+    return img.crop((left, top, left + size, top + size))
+
+
+class ResizedImages(Dataset):
+    """Images as uint8 ``[3, S, S]`` RGB tensors, resized by :func:`resize_image`."""
+
+    def __init__(self, paths: Sequence[str], size: int, mode: str = 'stego') -> None:
         self.paths = list(paths)
         self.size = size
+        self.mode = mode
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -111,7 +168,7 @@ class ResizedImages(Dataset):
             img = Image.open(io.BytesIO(get(self.paths[i]))).convert('RGB')
         except Exception as e:
             raise RuntimeError(f'could not read image {self.paths[i]}: {e}') from e
-        img = img.resize((self.size, self.size), Image.BILINEAR)
+        img = resize_image(img, self.size, self.mode)
         return torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1)
 
 
@@ -147,11 +204,24 @@ def build_backbone(cfg: Config, checkpoint: Optional[str], prefix: str,
 
 
 @torch.no_grad()
-def global_features(backbone: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """Global feature ``[B, C]``: a ViT's last-layer CLS token (after the final norm; the average
-    patch token if it has no CLS token), else the average-pooled last output map."""
-    vit_out_type = 'cls_token' if getattr(backbone, 'with_cls_token', False) else 'avg_featmap'
-    out = last_layer_output(backbone, x, vit_out_type)
+def global_features(backbone: torch.nn.Module, x: torch.Tensor,
+                    feature: str = 'patch-mean') -> torch.Tensor:
+    """Global feature ``[B, C]`` of normalised images ``x`` ``[B, 3, S, S]``.
+
+    'patch-mean': the mean over positions of the last layer's patch-token map (after the final
+    norm; STEGO's ``DinoFeaturizer`` output ``.mean([2, 3])``); the average-pooled last output map
+    of a non-ViT backbone. 'cls': a ViT's last-layer CLS token after the final norm.
+    """
+    from mmpretrain.models.backbones import VisionTransformer
+    if feature == 'cls':
+        if not (isinstance(backbone, VisionTransformer) and backbone.with_cls_token):
+            raise ValueError(f"--feature cls needs a ViT with a CLS token, got "
+                             f"{type(backbone).__name__}; use --feature patch-mean")
+        out = last_layer_output(backbone, x, 'cls_token')
+    elif feature == 'patch-mean':
+        out = last_layer_output(backbone, x, 'featmap')
+    else:
+        raise ValueError(f'feature must be one of {FEATURES}, got {feature!r}')
     if out.ndim == 4:
         out = out.mean((2, 3))
     if out.ndim != 2:
@@ -166,13 +236,14 @@ def embed(backbone: torch.nn.Module, paths: Sequence[str], args: argparse.Namesp
     feats = torch.zeros(len(paths), dim, dtype=torch.float32, device=device)
     if not paths:
         return feats
-    loader = DataLoader(ResizedImages(paths, args.img_size), batch_size=args.batch_size,
+    loader = DataLoader(ResizedImages(paths, args.img_size, args.resize),
+                        batch_size=args.batch_size,
                         num_workers=args.num_workers, shuffle=False, drop_last=False)
     bar = ProgressBar(len(paths)) if show_progress else None
     start = 0
     for imgs in loader:
         x = normalize_images(imgs.to(device))  # ImageNet mean / std
-        f = global_features(backbone, x)
+        f = global_features(backbone, x, args.feature)
         feats[start:start + len(f)] = f
         start += len(f)
         if bar is not None:
@@ -233,9 +304,10 @@ def main(argv: Optional[Sequence[str]] = None) -> str:
     paths: List[str] = [info['img_path'] for info in images.data_list]
     keys = [relative_key(p, args.data_root) for p in paths]
     n = len(paths)
-    if n <= args.num_neighbors:
-        raise ValueError(f'{n} images under {images.img_prefix}: need more than '
-                         f'k={args.num_neighbors}')
+    min_n = args.num_neighbors if args.include_self else args.num_neighbors + 1
+    if n < min_n:
+        raise ValueError(f'{n} images under {images.img_prefix}: need at least {min_n} for '
+                         f'k={args.num_neighbors} (include_self={args.include_self})')
 
     backbone = build_backbone(cfg, args.checkpoint, args.checkpoint_prefix, args.seed)
     backbone.to(device)
@@ -243,7 +315,7 @@ def main(argv: Optional[Sequence[str]] = None) -> str:
         print('warning: no --checkpoint, the backbone is randomly initialised '
               f'(seed {args.seed}); the neighbours are meaningless except for tests', flush=True)
     dim = global_features(backbone, torch.zeros(1, 3, args.img_size, args.img_size,
-                                                device=device)).shape[1]
+                                                device=device), args.feature).shape[1]
     start, end = shard_bounds(n, world_size, rank)
     if rank == 0:
         print(f'embedding {n} images ({args.img_size}px, {dim}-d features) on {world_size} '
@@ -251,19 +323,24 @@ def main(argv: Optional[Sequence[str]] = None) -> str:
     local = embed(backbone, paths[start:end], args, device, dim, show_progress=rank == 0)
     feats = gather_rows(local, n, world_size)
 
-    idx, sim = knn_cosine(feats, args.num_neighbors, queries=slice(start, end),
-                          query_chunk=args.query_chunk, key_chunk=args.key_chunk)
+    search = knn_cosine_self_first if args.include_self else knn_cosine
+    idx, sim = search(feats, args.num_neighbors, queries=slice(start, end),
+                      query_chunk=args.query_chunk, key_chunk=args.key_chunk)
     idx = gather_rows(idx, n, world_size)
     sim = gather_rows(sim, n, world_size)
     if rank == 0:
         meta = dict(config=args.config, checkpoint=args.checkpoint,
                     checkpoint_prefix=args.checkpoint_prefix, data_root=args.data_root,
                     data_prefix=args.data_prefix, ann_file=args.ann_file,
-                    img_size=args.img_size, k=args.num_neighbors, feature='global (cls_token)',
-                    similarity='cosine', num_images=n, world_size=world_size, seed=args.seed)
+                    img_size=args.img_size, k=args.num_neighbors, feature=args.feature,
+                    includes_self=args.include_self, resize=args.resize, similarity='cosine',
+                    num_images=n, world_size=world_size, seed=args.seed)
         write_neighbors(args.out, keys, idx.cpu().numpy(), sim.cpu().numpy(), meta)
-        print(f'wrote {n} x {args.num_neighbors} neighbours to {args.out} (mean similarity '
-              f'{float(sim.mean()):.4f})', flush=True)
+        others = sim[:, 1:] if args.include_self else sim
+        print(f'wrote {n} x {args.num_neighbors} neighbour columns to {args.out} '
+              f'({args.feature} features, ' + ('image itself in column 0, ' if args.include_self
+                                               else '') +
+              f'mean similarity to the other images {float(others.mean()):.4f})', flush=True)
     if world_size > 1:
         dist.barrier()
     if args.launcher != 'none':  # the group this tool started

@@ -1,6 +1,8 @@
 # CoTAP pretraining data as in the paper (official coco+in1k data config): every index gives one COCO
 # train2017 image (index mod 118,287, for the patch losses) and one ImageNet-1k train image (for the
-# CLS losses), each with one of its 7 precomputed kNN neighbours (uniform); the epoch is as long as
+# CLS losses), each with a partner drawn uniformly from the first 7 columns of its precomputed
+# neighbour row (as released: the image itself in column 0 + its 6 nearest neighbours, so about one
+# pair in seven is the image with itself; exclude_self=True never draws it); the epoch is as long as
 # ImageNet (1,281,167). Every image goes through the CoTAP multi-crop of cotap_coco.py.
 # neighbor_collate flattens each item [coco_anchor, coco_neighbour, in_anchor, in_neighbour] into the
 # batch: 4 x batch_size images per GPU, DataSample.neighbor_index / source ('coco' / 'imagenet') /
@@ -26,10 +28,14 @@ train_dataloader = dict(
             data_root='data/coco',
             data_prefix='train2017',
             neighbors_file=coco_neighbors_file,
+            num_neighbors=7,  # released: columns 0-6
+            exclude_self=False,  # released: the image itself (column 0) can be drawn
             pipeline={{_base_.train_pipeline}}),
         imagenet=dict(
             type='ImageNetUnlabeled',
             data_root='data/imagenet',
             data_prefix='train',
             neighbors_file=imagenet_neighbors_file,
+            num_neighbors=7,
+            exclude_self=False,
             pipeline={{_base_.train_pipeline}})))

@@ -1,5 +1,7 @@
 # CoTAP pretraining data, COCO only, with precomputed nearest neighbours: every index gives a COCO
-# train2017 image and one of its 7 kNN neighbours (uniform), each through the CoTAP multi-crop of
+# train2017 image and a partner drawn uniformly from the first 7 columns of its neighbour row (as
+# released: the image itself in column 0 + its 6 nearest neighbours, so about one pair in seven is the
+# image with itself; exclude_self=True never draws it), each through the CoTAP multi-crop of
 # cotap_coco.py; neighbor_collate flattens [anchor, neighbour] pairs into the batch
 # (2 x batch_size images, DataSample.neighbor_index / source / is_neighbor set).
 # The neighbour file (paths relative to data_root) comes from, e.g.:
@@ -18,4 +20,6 @@ train_dataloader = dict(
         data_root='data/coco',
         data_prefix='train2017',
         neighbors_file=coco_neighbors_file,
+        num_neighbors=7,  # released: columns 0-6
+        exclude_self=False,  # released: the image itself (column 0) can be drawn
         pipeline={{_base_.train_pipeline}}))

@@ -1,7 +1,9 @@
 # Multi-crop views of the generated scenes (./synthetic_scenes.py) for the CPU-sized SCFS runs:
 # GeometricMultiView with 2 global 64 px crops (scale 0.25-1) + 4 local 32 px crops (scale
-# 0.05-0.25), flip, no overlap constraint; colour jitter, grayscale and blur on every crop; the
-# teacher sees the global crops. Colour augmentation stronger than DINO's (hue 0.5 instead of 0.1,
+# 0.05-0.25), flip, no overlap constraint; colour jitter, grayscale and blur on every crop, drawn per
+# image in the pipeline (the released CoTAP draws once per view index for the whole batch:
+# GeometricMultiView(batch_color=True) + CoTAPDataPreprocessor with PerViewColorAugment, see
+# cotap_coco.py); the teacher sees the global crops. Colour augmentation stronger than DINO's (hue 0.5 instead of 0.1,
 # grayscale 0.5 instead of 0.2): object colours of generated scenes are random per instance, so
 # colour is a nuisance the features should drop (it never tells the class).
 _base_ = ['./synthetic_scenes.py']

@@ -36,7 +36,8 @@ class PackGeometricViews(BaseTransform):
       ``crop_flips`` ``Tensor[V]`` bool, ``teacher_view_indices`` ``Tensor[T]`` int64, plus
       ``algorithm_keys``;
     - metainfo: ``num_student_views`` (V), ``num_teacher_views`` (T), ``num_global_crops``,
-      ``num_local_crops``, and the ``meta_keys`` present (``ori_shape``, ``img_path``,
+      ``num_local_crops``, ``student_color`` (when ``GeometricMultiView`` set it: 'batch',
+      'pipeline' or 'none'), and the ``meta_keys`` present (``ori_shape``, ``img_path``,
       ``sample_idx``, ...).
 
     So in the model: ``student = inputs[:V]``, ``teacher = inputs[V:]``, with
@@ -98,6 +99,8 @@ class PackGeometricViews(BaseTransform):
                  num_teacher_views=len(teacher),
                  num_global_crops=int(results['num_global_crops']),
                  num_local_crops=int(results['num_local_crops'])))
+        if 'student_color' in results:
+            sample.set_metainfo(dict(student_color=str(results['student_color'])))
         for key in self.meta_keys:
             if key in results:
                 sample.set_field(results[key], key, field_type='metainfo')

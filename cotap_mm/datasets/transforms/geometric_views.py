@@ -264,9 +264,12 @@ class GeometricMultiView(BaseTransform):
     least one (``'any'``) is ``>= min_overlap[1] * H * W``. After ``max_overlap_tries`` samples
     the candidate with the largest overlap is kept (so the transform never loops forever).
 
-    Differences to the official code, on purpose: the photometric augmentations of the official
-    code run on the GPU with one random draw per crop index for the whole batch; here they are
-    drawn per image and per crop (the usual per-sample augmentation), inside the data pipeline.
+    Photometric augmentation of the student copies: the released code runs it on the GPU with one
+    random draw per crop index for the whole batch, which ``batch_color=True`` (no
+    ``student_pipeline``) leaves to the model's data preprocessor
+    (:class:`~cotap_mm.datasets.data_preprocessor.CoTAPDataPreprocessor` with a
+    :class:`~cotap_mm.datasets.batch_augments.PerViewColorAugment`); the option is a
+    ``student_pipeline`` drawn per image and per crop (the usual per-sample augmentation).
 
     **Required keys:** ``img`` (``H x W x 3`` uint8, as ``LoadImageFromFile`` gives, BGR).
 
@@ -283,6 +286,9 @@ class GeometricMultiView(BaseTransform):
     - ``crop_flips``: ``np.ndarray[bool]`` of shape ``[V]``, horizontal flip of every crop
       (applied after resizing, to the teacher and student copy alike).
     - ``ori_shape``: ``(H, W)``; ``num_global_crops``, ``num_local_crops``: ints.
+    - ``student_color``: where the student colour augmentation happens: ``'batch'``
+      (``batch_color=True``: later, in the data preprocessor, which checks it has one),
+      ``'pipeline'`` (``student_pipeline`` applied here) or ``'none'``.
 
     Args:
         num_global (int): Number of global crops. Defaults to 2.
@@ -303,6 +309,8 @@ class GeometricMultiView(BaseTransform):
         student_pipeline (list[dict | callable] | None): Transforms applied per crop to the
             student copy only, each to a dict ``{'img': crop, 'img_shape', 'crop_index',
             'is_global'}``. Defaults to None (student = teacher crop).
+        batch_color (bool): the student colour augmentation runs on whole batches in the data
+            preprocessor (released); needs an empty ``student_pipeline``. Defaults to False.
         teacher_views (str): 'global' or 'all'. Defaults to 'global'.
         interpolation (str): Resize interpolation. Defaults to 'bilinear'.
         backend (str): Resize backend, 'pillow' (antialiased, like the official torchvision-on-PIL
@@ -326,6 +334,7 @@ class GeometricMultiView(BaseTransform):
                  local_overlap_mode: str = 'all',
                  max_overlap_tries: int = 100,
                  student_pipeline: Optional[List[Union[dict, Any]]] = None,
+                 batch_color: bool = False,
                  teacher_views: str = 'global',
                  interpolation: str = 'bilinear',
                  backend: str = 'pillow',
@@ -375,6 +384,13 @@ class GeometricMultiView(BaseTransform):
                 raise TypeError(f'student_pipeline items must be transform configs or callables, '
                                 f'got {type(t)}')
             self.student_pipeline.append(t)
+        if not isinstance(batch_color, bool):
+            raise TypeError(f'batch_color must be a bool, got {batch_color!r}')
+        if batch_color and self.student_pipeline:
+            raise ValueError('batch_color=True leaves the student colour augmentation to the data '
+                             'preprocessor; a student_pipeline would augment twice, got '
+                             f'{self.student_pipeline}')
+        self.batch_color = batch_color
 
     @property
     def rng(self) -> RNG:
@@ -450,6 +466,8 @@ class GeometricMultiView(BaseTransform):
         results['crop_flips'] = flips
         results['num_global_crops'] = self.num_global
         results['num_local_crops'] = self.num_local
+        results['student_color'] = 'batch' if self.batch_color else (
+            'pipeline' if self.student_pipeline else 'none')
         return results
 
     def __repr__(self) -> str:
@@ -460,7 +478,7 @@ class GeometricMultiView(BaseTransform):
                 f'flip_prob={self.flip_prob}, min_overlap={self.min_overlap}, '
                 f'local_overlap_mode={self.local_overlap_mode!r}, '
                 f'teacher_views={self.teacher_views!r}, '
-                f'student_pipeline={self.student_pipeline})')
+                f'student_pipeline={self.student_pipeline}, batch_color={self.batch_color})')
 
 
 __all__ = [

@@ -2,7 +2,10 @@
 
 CoTAP (`arXiv 2509.09429 <https://arxiv.org/abs/2509.09429>`_) augments the student crops with
 ``ColorJitter(0.8, 0.8, 0.8, 0.2)`` (p=0.8), grayscale (p=0.2) and a 7x7 Gaussian blur with
-sigma in [0.1, 2] (p=0.5); the teacher sees clean crops.
+sigma in [0.1, 2] (p=0.5); the teacher sees clean crops. The release draws these once per crop
+index for the whole batch (:class:`~cotap_mm.datasets.batch_augments.PerViewColorAugment`, the
+default of the released-run configs); the transforms here draw them per image and per crop, the
+option (``GeometricMultiView(student_pipeline=...)``).
 
 Why not mmpretrain's transforms:
 
@@ -143,6 +146,15 @@ def _jitter_range(value: Range, name: str, center: float, bound: Tuple[float, fl
     return lo, hi
 
 
+def jitter_ranges(brightness: Range, contrast: Range, saturation: Range,
+                  hue: Range) -> Dict[str, Optional[Tuple[float, float]]]:
+    """torchvision ``ColorJitter``'s factor ranges (None = that op off), checked."""
+    return dict(brightness=_jitter_range(brightness, 'brightness', 1.0, (0.0, math.inf)),
+                contrast=_jitter_range(contrast, 'contrast', 1.0, (0.0, math.inf)),
+                saturation=_jitter_range(saturation, 'saturation', 1.0, (0.0, math.inf)),
+                hue=_jitter_range(hue, 'hue', 0.0, (-0.5, 0.5)))
+
+
 @TRANSFORMS.register_module()
 class HueSafeColorJitter(BaseTransform):
     """torchvision-style ColorJitter on numpy images, with a hue jitter that works under NumPy 2.
@@ -175,10 +187,9 @@ class HueSafeColorJitter(BaseTransform):
                  hue: Range = 0.,
                  prob: float = 1.0,
                  channel_order: str = 'bgr') -> None:
-        self.brightness = _jitter_range(brightness, 'brightness', 1.0, (0.0, math.inf))
-        self.contrast = _jitter_range(contrast, 'contrast', 1.0, (0.0, math.inf))
-        self.saturation = _jitter_range(saturation, 'saturation', 1.0, (0.0, math.inf))
-        self.hue = _jitter_range(hue, 'hue', 0.0, (-0.5, 0.5))
+        ranges = jitter_ranges(brightness, contrast, saturation, hue)
+        self.brightness, self.contrast = ranges['brightness'], ranges['contrast']
+        self.saturation, self.hue = ranges['saturation'], ranges['hue']
         if not 0.0 <= float(prob) <= 1.0:
             raise ValueError(f'prob must be in [0, 1], got {prob!r}')
         self.prob = float(prob)
@@ -269,6 +280,7 @@ class RandomGaussianBlur(BaseTransform):
 
 
 __all__ = [
-    'LUMA_RGB', 'grayscale', 'adjust_brightness', 'adjust_contrast', 'adjust_saturation',
+    'LUMA_RGB', 'grayscale', 'jitter_ranges', 'adjust_brightness', 'adjust_contrast',
+    'adjust_saturation',
     'adjust_hue', 'color_jitter', 'HueSafeColorJitter', 'gaussian_blur', 'RandomGaussianBlur'
 ]
