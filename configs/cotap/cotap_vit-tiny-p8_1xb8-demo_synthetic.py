@@ -14,6 +14,8 @@ embed_dims = 96
 global_size = 64
 local_size = 32
 model = dict(
+    # colour jitter per image in the pipeline below (stronger than the release for generated scenes)
+    data_preprocessor=dict(batch_augments=None),
     backbone=dict(
         arch=dict(_delete_=True, embed_dims=embed_dims, num_layers=4, num_heads=3,
                   feedforward_channels=4 * embed_dims),

@@ -14,13 +14,15 @@ are excluded; ``mIoU`` is the mean over the remaining classes (= ``nanmean``, th
 ``IoUMetric`` reports). ``pixel_acc = trace / total``.
 
 Features are extracted once and cached in memory (the probe data are small), then the probe is fit
-on the cached tensors. As released, training samples are horizontally flipped with probability 0.5
-(``flip=True``: the features of the mirrored training images are cached too, and every step draws,
-per sample, the plain or the mirrored features with the mirrored mask). Differences to the official
-code: the official run reports the *best* validation mIoU over passes (``select='best'``, an option;
-the default ``'last'`` is not selected on the validation set, so demo and benchmark numbers are not
-tuned on it), uses random-resized crops of the probe's training images (not done: features are
-cached) and 100k samples seen (``epochs`` passes here).
+on the cached tensors. With ``flip=True`` training samples are horizontally flipped with probability
+0.5, as in the released CoTAP probe (the features of the mirrored training images are cached too,
+and every step draws, per sample, the plain or the mirrored features with the mirrored mask);
+``tools/analysis_tools/dense_probe.py`` does this by default. :func:`dense_linear_probe` defaults to
+``flip=False``, the protocol of the demo's and the dense benchmark's tables, so their numbers stay
+comparable across versions. Other differences to the released probe: it reports the *best*
+validation mIoU over passes (``select='best'``, an option; the default ``'last'`` is not selected on
+the validation set), uses random-resized crops of the probe's training images (not done: features
+are cached) and 100k samples seen (``epochs`` passes here).
 """
 import math
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
@@ -429,7 +431,7 @@ def dense_linear_probe(backbone_fn: ExtractFn,
                        ignore_index: int = 255,
                        seed: int = 0,
                        select: str = 'last',
-                       flip: bool = True,
+                       flip: bool = False,
                        device: Union[str, torch.device, None] = None,
                        return_features: bool = False) -> Dict[str, Any]:
     """Frozen linear probe end to end: extract features, fit the 1x1 conv, score mIoU on val.
@@ -452,7 +454,7 @@ def dense_linear_probe(backbone_fn: ExtractFn,
             choice; optimistic since it selects on val).
         flip (bool): horizontal flip of the training samples with probability 0.5, as released
             (extracts the mirrored training images too; ``train_data`` must then be re-iterable).
-            Defaults to True; False = the earlier protocol without flip.
+            Defaults to False (the demo's and the dense benchmark's protocol).
         device (str | torch.device, optional): device for extraction and probe. Defaults to None.
         return_features (bool): also return the cached val features/masks (``val_feats``,
             ``val_masks``) and the probe. Defaults to False.

@@ -120,6 +120,43 @@ def test_config_parses_and_is_consistent(path):
     assert max(scales) <= grid and all(grid % s == 0 for s in scales), (scales, grid)
 
 
+def _geometric_views(cfg):
+    """Every GeometricMultiView transform of a config's training data."""
+    found = []
+
+    def walk(x):
+        if isinstance(x, dict):
+            if x.get('type') == 'GeometricMultiView':
+                found.append(x)
+            for v in x.values():
+                walk(v)
+        elif isinstance(x, (list, tuple)):
+            for v in x:
+                walk(v)
+
+    walk(cfg.train_dataloader)
+    return found
+
+
+@pytest.mark.parametrize('path', CONFIGS + [osp.join(REPO, 'configs/cotap_vits16_coco.py')],
+                         ids=osp.basename)
+def test_student_colour_is_applied_exactly_once(path):
+    """Batch colour (released: one draw per crop index) needs the preprocessor's
+    PerViewColorAugment; per-image jitter in the pipeline forbids it."""
+    cfg = Config.fromfile(path)
+    views = _geometric_views(cfg)
+    assert views, path
+    pre = cfg.model.data_preprocessor
+    augs = pre.get('batch_augments') or []
+    has_batch_color = any(a.get('type') == 'PerViewColorAugment' for a in augs)
+    for v in views:
+        if v.get('batch_color', False):
+            assert pre.type == 'CoTAPDataPreprocessor' and has_batch_color, path
+            assert not v.get('student_pipeline'), path
+        else:
+            assert not has_batch_color and v.get('student_pipeline'), path
+
+
 @pytest.mark.parametrize('name', sorted(RELEASED))
 def test_released_config_values(name):
     arch, patch, gpus, batch, iters, src, ckpt = RELEASED[name]

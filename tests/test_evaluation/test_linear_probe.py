@@ -229,18 +229,18 @@ def test_dense_probe_flip_extracts_mirrored_training_images():
     imgs = torch.rand(4, 3, 8, 8, generator=g) * 255
     masks = torch.randint(0, k, (4, 8, 8), generator=g)
     val = (imgs[:2], masks[:2])
-    dense_linear_probe(extract, (imgs, masks), val, k, epochs=1, batch_size=4)  # flip default
+    dense_linear_probe(extract, (imgs, masks), val, k, epochs=1, batch_size=4, flip=True)
     assert len(seen) == 3  # train, mirrored train, val
     assert torch.equal(seen[0], imgs) and torch.equal(seen[1], imgs.flip(-1))
     seen.clear()
     off = dense_linear_probe(extract, (imgs, masks), val, k, epochs=2, batch_size=4, flip=False,
                              return_features=True)
     assert len(seen) == 2
-    # flip=False is the earlier protocol: the probe fit on the plain cached features
+    # flip=False (the default, the demo's protocol): the probe fit on the plain cached features
     ref = fit_linear_probe(F.avg_pool2d(imgs[:, :2], 4), masks, k, epochs=2, batch_size=4)
     torch.testing.assert_close(off['probe'].weight, ref.weight)
     with pytest.raises(TypeError, match='one-shot iterator'):
-        dense_linear_probe(extract, iter([(imgs, masks)]), val, k, epochs=1)
+        dense_linear_probe(extract, iter([(imgs, masks)]), val, k, epochs=1, flip=True)
     with pytest.raises(TypeError, match='flip must be a bool'):
         dense_linear_probe(extract, (imgs, masks), val, k, flip='yes')
     # mirrored masks come with mirrored images

@@ -1,10 +1,15 @@
 # CoTAP (https://arxiv.org/abs/2509.09429) model: DINO-layout ViT + object-aware filter (64 prototypes)
 # + DINO projection heads (patch 512, CLS 4096) + EMA teacher. ViT-S/16 sizes; variants override.
+# student colour jitter on whole view batches, one draw per crop index (and per data set /
+# anchor-or-neighbour group), as released; the data configs leave it to this preprocessor
+# (GeometricMultiView(batch_color=True)). Configs that jitter per image in the pipeline set
+# model.data_preprocessor.batch_augments=None.
 data_preprocessor = dict(
-    type='SelfSupDataPreprocessor',
+    type='CoTAPDataPreprocessor',
     mean=[123.675, 116.28, 103.53],
     std=[58.395, 57.12, 57.375],
-    to_rgb=True)
+    to_rgb=True,
+    batch_augments=[dict(type='PerViewColorAugment')])  # the released values
 
 model = dict(
     type='CoTAP',
