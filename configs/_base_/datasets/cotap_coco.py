@@ -1,7 +1,7 @@
 # CoTAP pretraining data: COCO train2017 images, unlabelled (standard layout data/coco/train2017/*.jpg).
 # Leopart/CoTAP multi-crop: 2 global 224 crops (scale 0.25-1) + 4 local 96 crops (0.05-0.1), no flip;
 # colour jitter / grayscale / blur on the student copies only; clean teacher copies of the global crops.
-dataset_type = 'CustomDataset'
+dataset_type = 'COCOUnlabeled'  # unreadable files: an error naming them (skip_bad_images=True skips)
 data_root = 'data/coco'
 
 student_pipeline = [
@@ -29,5 +29,5 @@ train_dataloader = dict(
     drop_last=True,
     sampler=dict(type='InfiniteSampler', shuffle=True),
     collate_fn=dict(type='default_collate'),
-    dataset=dict(type=dataset_type, data_root=data_root, data_prefix='train2017', with_label=False,
+    dataset=dict(type=dataset_type, data_root=data_root, data_prefix='train2017',
                  pipeline=train_pipeline))
