@@ -70,6 +70,19 @@ def test_forced_divergence_stops_naming_iteration_terms_and_last_checkpoint(tmp_
     assert not (tmp_path / 'iter_4.pth').exists()
 
 
+def test_forced_divergence_stops_cotap_with_the_same_error(tmp_path):
+    """CoTAP used to stop with an input-validation message of its loss, without the iteration."""
+    cfg = osp.join(REPO_ROOT, 'configs/cotap/cotap_vit-tiny-p8_1xb8-demo_synthetic.py')
+    with pytest.raises(DivergenceError, match=r'training diverged at iteration \d+: non-finite '
+                       r'.*grad_norm=nan\. Last good checkpoint: none saved yet'):
+        train_in_process([cfg, '--work-dir', str(tmp_path), '--cfg-options',
+                          'experiment_name=div_cotap', 'train_cfg.max_iters=6',
+                          'train_dataloader.batch_size=4', 'model.bank_size=16',
+                          'model.bank_samples_per_step=16', 'custom_hooks.1.interval=1000',
+                          'optim_wrapper.optimizer.lr=10000.0'])
+    assert not list(tmp_path.glob('iter_*.pth'))
+
+
 def test_tolerated_non_finite_step_is_skipped_then_the_run_stops(tmp_path):
     with pytest.raises(DivergenceError, match=r'iteration 3: non-finite loss=nan, '
                        r'loss_dino=nan, grad_norm=nan.*iter_2\.pth.*\(1 earlier non-finite step'):
