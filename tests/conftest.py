@@ -28,3 +28,14 @@ def _isolate_default_scope():
     yield
     DefaultScope._instance_dict.clear()
     DefaultScope._instance_dict.update(saved)
+
+
+@pytest.fixture
+def one_thread():
+    """Torch on one thread for in-process training runs (on a loaded 2-core machine two threads
+    per process make a tiny step 10x slower); the previous setting is restored."""
+    import torch
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -90,8 +90,8 @@ def train_stage(cfg_path: str, work_dir: str, iters: int, seed: int,
     if data_root is not None:
         ds = cfg.train_dataloader.dataset
         pipeline = [dict(type='LoadImageFromFile')] + list(ds.pipeline)
-        cfg.train_dataloader.dataset = dict(type='CustomDataset', data_root=data_root,
-                                            with_label=False, pipeline=pipeline)
+        cfg.train_dataloader.dataset = dict(type='UnlabeledImageDataset', data_root=data_root,
+                                            pipeline=pipeline)
     if init_from is not None:
         cfg.model.backbone.init_cfg = dict(type='Pretrained', checkpoint=init_from,
                                            prefix='backbone.')

@@ -7,10 +7,17 @@ default_hooks = dict(
     timer=dict(type='IterTimerHook'),
     logger=dict(type='LoggerHook', interval=50),
     param_scheduler=dict(type='ParamSchedulerHook'),
-    checkpoint=dict(type='CheckpointHook', interval=1000, by_epoch=False, max_keep_ckpts=3),
+    # CheckpointHook + atomic writes (temp file, fsync, rename), the RNG states, no NaN model saved
+    checkpoint=dict(type='AtomicCheckpointHook', interval=1000, by_epoch=False, max_keep_ckpts=3),
     sampler_seed=dict(type='DistSamplerSeedHook'),
     # checkpoints that load with torch.load(weights_only=True): see cotap_mm/utils/checkpoint.py
     plain_checkpoint=dict(type='PlainCheckpointHook'),
+    # --resume: newest intact checkpoint, RNG states restored (bitwise continuation)
+    resume=dict(type='ResumeHook'),
+    # load_from / resume: backbone keys missing or mis-shaped are an error (strict=False: logged)
+    start_weights=dict(type='StartWeightsHook', strict=True),
+    # NaN / inf loss or gradient norm: step not applied, run stopped (max_skipped_steps=N: N skipped)
+    divergence=dict(type='DivergenceHook', max_skipped_steps=0),
 )
 
 env_cfg = dict(

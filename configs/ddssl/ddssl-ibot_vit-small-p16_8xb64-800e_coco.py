@@ -48,8 +48,8 @@ train_dataloader = dict(
     drop_last=True,
     sampler=dict(type='DefaultSampler', shuffle=True),
     collate_fn=dict(type='default_collate'),
-    dataset=dict(type='CustomDataset', data_root='data/coco', data_prefix='train2017',
-                 with_label=False, pipeline=train_pipeline))
+    dataset=dict(type='COCOUnlabeled', data_root='data/coco', data_prefix='train2017',
+                 pipeline=train_pipeline))
 
 # ---- schedule
 optim_wrapper = dict(

@@ -1,5 +1,6 @@
 # MoCo v3 (https://arxiv.org/abs/2104.02057) on a tiny ViT, CPU-sized: an image-level SSL baseline.
-# Data: any folder of images (mmpretrain CustomDataset, unlabelled).
+# Data: any folder of images (UnlabeledImageDataset: mmpretrain's CustomDataset, unlabelled, an
+# unreadable file is an error naming it; skip_bad_images=True skips such files).
 _base_ = ['../_base_/default_runtime.py']
 
 data_root = 'data/demo_images'
@@ -24,8 +25,7 @@ train_dataloader = dict(
     persistent_workers=False,
     sampler=dict(type='InfiniteSampler', shuffle=True),
     collate_fn=dict(type='default_collate'),
-    dataset=dict(type='CustomDataset', data_root=data_root, with_label=False,
-                 pipeline=train_pipeline))
+    dataset=dict(type='UnlabeledImageDataset', data_root=data_root, pipeline=train_pipeline))
 
 data_preprocessor = dict(
     type='SelfSupDataPreprocessor',

@@ -20,20 +20,23 @@ The dataset writes into each packed ``DataSample`` the metainfo ``source`` (``so
 so any packing transform and its ``meta_keys`` work unchanged.
 """
 import json
+import logging
 import os.path as osp
-from typing import Any, Callable, List, Optional, Sequence, Union
+from typing import Any, Callable, List, Optional, Sequence, Set, Union
 
 import numpy as np
 from mmengine.fileio import get_file_backend, get_text, list_from_file
+from mmengine.logging import print_log
 from mmpretrain.datasets import CustomDataset
 from mmpretrain.registry import DATASETS
 
-from mmengine.logging import print_log
-
+from .image_check import BadImageError
 from .neighbors import (neighbor_candidates, neighbor_index_table, read_neighbors, relative_key,
                         sample_neighbor)
 
 __all__ = ['UnlabeledImageDataset', 'COCOUnlabeled', 'mark_packed']
+
+MAX_BAD_IMAGES_IN_A_ROW = 100  # with skip_bad_images: give up after this many in a row
 
 
 def _strip_label(line: str) -> str:
@@ -103,6 +106,10 @@ class UnlabeledImageDataset(CustomDataset):
             file). Defaults to False (released).
         source_name (str): value of the ``source`` metainfo written into every packed sample.
             Defaults to 'images'.
+        skip_bad_images (bool): an image the pipeline cannot load is logged once (with the
+            running count) and the sample is replaced by the next readable one (the whole item,
+            neighbour included). Defaults to False: a :class:`BadImageError` naming the file stops
+            the run.
         extensions (Sequence[str]): allowed image extensions when scanning the folder.
         pipeline (Sequence[dict | Callable]): transforms, ending with a packing transform.
         **kwargs: other :class:`mmpretrain.datasets.BaseDataset` arguments (``indices``,
@@ -118,6 +125,7 @@ class UnlabeledImageDataset(CustomDataset):
                  num_neighbors: Optional[int] = 7,
                  exclude_self: bool = False,
                  source_name: str = 'images',
+                 skip_bad_images: bool = False,
                  extensions: Sequence[str] = ('.jpg', '.jpeg', '.png', '.ppm', '.bmp', '.pgm',
                                               '.tif'),
                  pipeline: Sequence[Union[dict, Callable]] = (),
@@ -140,6 +148,8 @@ class UnlabeledImageDataset(CustomDataset):
         self.num_neighbors = num_neighbors
         self.exclude_self = exclude_self
         self.neighbor_indices: Optional[np.ndarray] = None
+        self.skip_bad_images = bool(skip_bad_images)
+        self._bad_paths: Set[str] = set()
         super().__init__(
             data_root=data_root,
             data_prefix=data_prefix,
@@ -204,14 +214,32 @@ class UnlabeledImageDataset(CustomDataset):
             raise RuntimeError(f'{type(self).__name__} has no neighbors_file')
         return sample_neighbor(self.neighbor_indices[idx])
 
+    def _run_pipeline(self, info: dict) -> Any:
+        """The pipeline, with loading failures as :class:`BadImageError` naming the file and any
+        other transform's error annotated with it."""
+        path = info.get('img_path', '?')
+        data: Any = info
+        for t in self.pipeline.transforms:
+            try:
+                data = t(data)
+            except Exception as e:
+                if 'LoadImage' in type(t).__name__:
+                    empty = osp.isfile(path) and osp.getsize(path) == 0
+                    why = 'empty file (0 bytes)' if empty else f'{type(e).__name__}: {e}'
+                    raise BadImageError(path, why) from e
+                e.add_note(f'while preparing image {path} ({type(t).__name__})')
+                raise
+            if data is None:
+                return None
+        return data
+
     def _prepare_one(self, idx: int, is_neighbor: bool) -> Any:
-        packed = self.pipeline(self.get_data_info(idx))
+        packed = self._run_pipeline(self.get_data_info(idx))
         if packed is None:  # a transform asked for a refetch
             return None
         return mark_packed(packed, self.source_name, is_neighbor)
 
-    def prepare_data(self, idx: int) -> Any:
-        """The packed image, or ``[anchor, neighbour]`` with ``neighbors_file``."""
+    def _prepare_item(self, idx: int) -> Any:
         anchor = self._prepare_one(idx, False)
         if anchor is None or not self.with_neighbors:
             return anchor
@@ -219,6 +247,39 @@ class UnlabeledImageDataset(CustomDataset):
         if neighbor is None:
             return None
         return [anchor, neighbor]
+
+    def prepare_data(self, idx: int) -> Any:
+        """The packed image, or ``[anchor, neighbour]`` with ``neighbors_file``.
+
+        Raises:
+            BadImageError: an image cannot be read (unless ``skip_bad_images``; see the class).
+        """
+        if not self.skip_bad_images:
+            return self._prepare_item(idx)
+        n = len(self)
+        tries = min(n, MAX_BAD_IMAGES_IN_A_ROW)
+        for k in range(tries):
+            try:
+                return self._prepare_item((idx + k) % n)
+            except BadImageError as e:
+                self._report_bad_image(e, idx)
+        raise RuntimeError(f'{type(self).__name__}: no readable image among {tries} samples '
+                           f'from index {idx} (data_root={self.data_root!r}); check the data with '
+                           'tools/misc/check_images.py')
+
+    def _report_bad_image(self, err: BadImageError, idx: int) -> None:
+        """Log a bad file once (per process) with the running count."""
+        if err.path in self._bad_paths:
+            return
+        self._bad_paths.add(err.path)
+        print_log(f'{type(self).__name__} skip_bad_images: {err} -- sample {idx} is replaced by '
+                  f'the next readable one ({len(self._bad_paths)} bad image file(s) skipped so '
+                  'far by this process)', logger='current', level=logging.WARNING)
+
+    @property
+    def num_bad_images(self) -> int:
+        """How many distinct bad image files this process has skipped."""
+        return len(self._bad_paths)
 
     def extra_repr(self) -> List[str]:
         body = super().extra_repr()

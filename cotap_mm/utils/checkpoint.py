@@ -24,20 +24,29 @@ import os
 import os.path as osp
 import pickle
 import re
+import zipfile
 from collections import OrderedDict
-from typing import Any, Iterator, Optional, Set, Union
+from typing import Any, Iterator, List, Optional, Set, Tuple, Union
 
 import numpy as np
 import torch
 from mmengine.logging import HistoryBuffer
 from mmengine.runner.checkpoint import CheckpointLoader
 
+from .atomic_io import is_temporary
+
 TYPE_KEY = '__cotap_type__'
 _TRUSTED: Set[str] = set()
 
 
 class UnsafeCheckpointError(pickle.UnpicklingError):
-    """A checkpoint holds pickled objects that ``weights_only=True`` refuses."""
+    """A checkpoint holds pickled objects that ``weights_only=True`` refuses.
+
+    ``blocked_globals`` lists the refused globals (e.g. ``['posix.system']``); the message names
+    them too.
+    """
+
+    blocked_globals: List[str] = []
 
 
 def _key(path: Union[str, os.PathLike]) -> str:
@@ -85,21 +94,118 @@ def safe_torch_load(filename: Union[str, os.PathLike],
     try:
         return torch.load(filename, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
-        match = re.search(r'Unsupported global: GLOBAL ([\w.]+)', str(e))
-        if match is None and 'invalid load key' in str(e):
+        if 'invalid load key' in str(e):
             raise ValueError(f'{filename} is not a torch checkpoint or is truncated ({e})') from e
-        what = f'the pickled global `{match.group(1)}`' if match else 'pickled Python objects'
-        raise UnsafeCheckpointError(
+        blocked = blocked_globals(filename, str(e))
+        what = ('pickled Python objects' if not blocked else
+                f"the pickled global{'s' if len(blocked) > 1 else ''} "
+                + ', '.join(f'`{g}`' for g in blocked))
+        err = UnsafeCheckpointError(
             f'Refusing to load checkpoint {filename}: it contains {what}, and loading it would '
             'require full unpickling, which can execute arbitrary code. Checkpoints written by '
             'cotap_mm (with PlainCheckpointHook) and published state_dict-only checkpoints load '
             'safely. If you trust this file, opt in for this file only: pass '
             f'`--trust-checkpoint {filename}` to tools/train.py or tools/test.py, or wrap the load '
             f'in `with cotap_mm.utils.trusted_checkpoint({filename!r}):`. Alternatively convert it '
-            'once with tools/model_converters/publish_model.py.') from e
+            'once with tools/model_converters/publish_model.py.')
+        err.blocked_globals = blocked
+        raise err from e
     except (IndexError, EOFError, KeyError, RuntimeError) as e:  # what torch raises on non-checkpoints
         raise ValueError(f'{filename} is not a torch checkpoint or is truncated '
                          f'({type(e).__name__}: {e})') from e
+
+
+def blocked_globals(filename: str, message: str = '') -> List[str]:
+    """Every global a ``weights_only=True`` load of ``filename`` refuses.
+
+    Read from the pickle opcodes without executing anything
+    (``torch.serialization.get_unsafe_globals_in_checkpoint``); when that cannot parse the file,
+    the names quoted in the unpickler's ``message``.
+    """
+    try:
+        found = list(torch.serialization.get_unsafe_globals_in_checkpoint(filename))
+    except Exception:  # an unreadable or legacy-format file: fall back to the error text
+        found = []
+    if not found:
+        found = re.findall(r'GLOBAL ([\w.]+)', message)
+    return list(dict.fromkeys(found))
+
+
+def checkpoint_problem(filename: Union[str, os.PathLike]) -> Optional[str]:
+    """Why ``filename`` is not an intact checkpoint, or None when it is.
+
+    A torch zip checkpoint is intact when its archive directory is readable and every member's CRC
+    matches (one sequential read, nothing unpickled); a legacy-format file must load with
+    :func:`safe_torch_load`. Unsafe pickles are refused later, on load, not reported here.
+    """
+    filename = os.fspath(filename)
+    if not osp.isfile(filename):
+        return 'missing'
+    if osp.getsize(filename) == 0:
+        return 'empty (0 bytes)'
+    if zipfile.is_zipfile(filename):
+        try:
+            with zipfile.ZipFile(filename) as z:
+                if not any(n.endswith('data.pkl') for n in z.namelist()):
+                    return 'not a torch checkpoint (no data.pkl in the archive)'
+                bad = z.testzip()
+        except (zipfile.BadZipFile, OSError, EOFError, RuntimeError) as e:
+            return f'corrupt archive ({type(e).__name__}: {e})'
+        return None if bad is None else f'corrupt member {bad} (CRC mismatch)'
+    try:
+        safe_torch_load(filename)
+    except UnsafeCheckpointError:
+        return None
+    except (ValueError, OSError) as e:
+        return f'unreadable ({e})'
+    return None
+
+
+_CKPT_NAME = re.compile(r'^(iter|epoch)_(\d+)\.pth$')
+
+
+def find_resumable_checkpoint(work_dir: str) -> Tuple[Optional[str], List[Tuple[str, str]]]:
+    """The newest intact checkpoint of a work dir, and the newer candidates skipped on the way.
+
+    Candidates: the file named in ``work_dir/last_checkpoint`` and every ``iter_N.pth`` /
+    ``epoch_N.pth`` in ``work_dir`` and in that file's folder, newest (largest N) first;
+    temporary files of interrupted writes are never candidates.
+
+    Returns:
+        tuple: ``(path or None, [(path, why skipped), ...])``. ``last_checkpoint`` itself appears
+        in the skipped list when it is empty or names a missing file.
+    """
+    skipped: List[Tuple[str, str]] = []
+    named: Optional[str] = None
+    marker = osp.join(work_dir, 'last_checkpoint')
+    if osp.isfile(marker):
+        with open(marker) as f:
+            named = f.read().strip() or None
+        if named is None:
+            skipped.append((marker, 'empty'))
+        elif not osp.isfile(named):
+            skipped.append((marker, f'names {named}, which does not exist'))
+            named = None
+    folders = {osp.abspath(work_dir)}
+    if named is not None:
+        folders.add(osp.dirname(osp.abspath(named)))
+    numbered = []
+    for folder in sorted(folders):
+        for name in os.listdir(folder):
+            m = _CKPT_NAME.match(name)
+            if m and not is_temporary(name):
+                numbered.append((int(m.group(2)), m.group(1) == 'iter', osp.join(folder, name)))
+    candidates = [p for _, _, p in sorted(numbered, reverse=True)]
+    if named is not None:
+        same = [p for p in candidates if osp.abspath(p) == osp.abspath(named)]
+        if not same:  # a custom file name: try it first
+            candidates.insert(0, named)
+    for path in candidates:
+        why = checkpoint_problem(path)
+        if why is None:
+            return path, skipped
+        skipped.append((path, why))
+    return None, skipped
 
 
 def safe_load_from_local(filename: str, map_location: Any = None) -> Any:

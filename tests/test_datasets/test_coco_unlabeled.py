@@ -235,3 +235,47 @@ def test_coco_nn_config():
     assert ds.type == 'COCOUnlabeled' and ds.neighbors_file.endswith('.npz')
     assert ds.data_root == 'data/coco' and ds.data_prefix == 'train2017'
     assert ds.pipeline == base.train_pipeline and 'with_label' not in ds
+
+
+LOAD_AND_PACK = [dict(type='LoadImageFromFile'), pack_path]  # real image loading, cheap packing
+
+
+def _break_images(root):
+    """An empty file and an HTML page saved as an image, among the good ones."""
+    folder = osp.join(root, 'train2017')
+    names = sorted(os.listdir(folder))
+    open(osp.join(folder, names[1]), 'wb').close()
+    with open(osp.join(folder, names[2]), 'wb') as f:
+        f.write(b'<html>404</html>')
+    return [osp.join(folder, n) for n in names[1:3]]
+
+
+def test_unreadable_image_error_names_the_file(coco):
+    empty, html = _break_images(coco['root'])
+    ds = COCO(data_root=coco['root'], pipeline=LOAD_AND_PACK)
+    with pytest.raises(OSError, match=f'cannot read image {empty}: empty file') as err:
+        ds[1]
+    assert type(err.value).__name__ == 'BadImageError'
+    with pytest.raises(OSError, match=f'cannot read image {html}'):
+        ds[2]
+    # through dataloader worker processes too
+    loader = torch.utils.data.DataLoader(ds, batch_size=1, num_workers=2, collate_fn=list)
+    with pytest.raises(Exception, match=f'cannot read image {empty}'):
+        list(loader)
+
+
+def test_skip_bad_images_logs_each_file_once_and_replaces_the_sample(coco, tmp_path):
+    from mmengine.logging import MMLogger
+    empty, html = _break_images(coco['root'])
+    log = tmp_path / 'skip.log'
+    MMLogger.get_instance('skip_bad_images_test', log_file=str(log))
+    ds = COCO(data_root=coco['root'], pipeline=LOAD_AND_PACK, skip_bad_images=True)
+    for _ in range(2):  # two epochs: each bad file is reported once
+        paths = [ds[i]['data_samples'].img_path for i in range(N)]
+    names = coco['names']
+    good = osp.join(coco['root'], 'train2017', names[3])
+    assert paths[1] == paths[2] == good  # replaced by the next readable sample
+    assert ds.num_bad_images == 2
+    text = log.read_text()
+    assert text.count(empty) == 1 and text.count(html) == 2  # the loader's own message names it too
+    assert '2 bad image file(s) skipped so far' in text

@@ -1,4 +1,5 @@
 import fractions
+import os
 from collections import OrderedDict
 
 import numpy as np
@@ -7,7 +8,8 @@ import torch
 from mmengine.logging import HistoryBuffer, MessageHub
 from mmengine.runner import load_checkpoint
 
-from cotap_mm.utils.checkpoint import (UnsafeCheckpointError, from_plain, safe_torch_load,
+from cotap_mm.utils.checkpoint import (UnsafeCheckpointError, checkpoint_problem,
+                                       find_resumable_checkpoint, from_plain, safe_torch_load,
                                        to_plain, trust_checkpoint, trusted_checkpoint)
 
 
@@ -89,3 +91,63 @@ def test_truncated_checkpoint_is_named(tmp_path):
     bad.write_bytes(good.read_bytes()[:200])
     with pytest.raises(ValueError, match='cut.pth is not a torch checkpoint or is truncated'):
         safe_torch_load(bad)
+
+
+class _RunsShell:
+    def __reduce__(self):
+        return (os.system, ('echo pwned', ))
+
+
+def test_unsafe_error_names_every_blocked_global(tmp_path):
+    path = tmp_path / 'shell.pth'
+    torch.save({'state_dict': {}, 'a': _RunsShell(), 'b': fractions.Fraction(1, 2)}, path)
+    with pytest.raises(UnsafeCheckpointError) as err:
+        safe_torch_load(path)
+    assert 'posix.system' in str(err.value) and 'fractions.Fraction' in str(err.value)
+    assert sorted(err.value.blocked_globals) == ['fractions.Fraction', 'posix.system']
+
+
+def _ckpt(path, step):
+    torch.save({'meta': {'iter': step}, 'state_dict': {'w': torch.full((256, ), float(step))}},
+               path)
+    return str(path)
+
+
+def test_checkpoint_problem_names_empty_truncated_and_corrupt_files(tmp_path):
+    good = _ckpt(tmp_path / 'good.pth', 1)
+    assert checkpoint_problem(good) is None
+    (tmp_path / 'empty.pth').write_bytes(b'')
+    assert checkpoint_problem(tmp_path / 'empty.pth') == 'empty (0 bytes)'
+    data = (tmp_path / 'good.pth').read_bytes()
+    (tmp_path / 'cut.pth').write_bytes(data[:len(data) // 2])
+    assert 'unreadable' in checkpoint_problem(tmp_path / 'cut.pth')
+    flipped = bytearray(data)
+    pos = data.index(b'\x00\x00\x80?')  # inside the tensor bytes (1.0 as float32)
+    flipped[pos + 3] = 0x40
+    (tmp_path / 'flip.pth').write_bytes(bytes(flipped))
+    assert 'CRC' in checkpoint_problem(tmp_path / 'flip.pth')
+    assert checkpoint_problem(tmp_path / 'nope.pth') == 'missing'
+
+
+def test_resume_falls_back_to_the_newest_intact_checkpoint(tmp_path):
+    _ckpt(tmp_path / 'iter_2.pth', 2)
+    _ckpt(tmp_path / 'iter_4.pth', 4)
+    data = (tmp_path / 'iter_4.pth').read_bytes()
+    _ckpt(tmp_path / 'iter_6.pth', 6)
+    (tmp_path / 'iter_6.pth').write_bytes(data[:300])  # a kill mid-write of the old, in-place kind
+    (tmp_path / '.iter_8.pth.tmp-123').write_bytes(data[:100])  # an interrupted atomic write
+    (tmp_path / 'last_checkpoint').write_text('')
+    path, skipped = find_resumable_checkpoint(str(tmp_path))
+    assert path == str(tmp_path / 'iter_4.pth')
+    assert [(os.path.basename(p), why.split(' ')[0]) for p, why in skipped] == [
+        ('last_checkpoint', 'empty'), ('iter_6.pth', 'unreadable')]
+
+    (tmp_path / 'last_checkpoint').write_text(str(tmp_path / 'iter_4.pth'))
+    assert find_resumable_checkpoint(str(tmp_path))[0] == str(tmp_path / 'iter_4.pth')
+    for name in ('iter_2.pth', 'iter_4.pth'):
+        (tmp_path / name).write_bytes(b'')
+    path, skipped = find_resumable_checkpoint(str(tmp_path))
+    assert path is None and len(skipped) == 3
+    fresh = tmp_path / 'fresh'
+    fresh.mkdir()
+    assert find_resumable_checkpoint(str(fresh)) == (None, [])  # nothing to resume: a new run

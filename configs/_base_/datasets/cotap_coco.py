@@ -8,7 +8,7 @@
 # (batch_color=True below makes that preprocessor refuse batches if it has no PerViewColorAugment).
 # Option, per-image jitter in the data pipeline instead: in GeometricMultiView set
 # student_pipeline=per_image_student_pipeline, batch_color=False, and no PerViewColorAugment.
-dataset_type = 'CustomDataset'
+dataset_type = 'COCOUnlabeled'  # unreadable files: an error naming them (skip_bad_images=True skips)
 data_root = 'data/coco'
 
 batch_color_augment = dict(
@@ -41,5 +41,5 @@ train_dataloader = dict(
     drop_last=True,
     sampler=dict(type='InfiniteSampler', shuffle=True),
     collate_fn=dict(type='default_collate'),
-    dataset=dict(type=dataset_type, data_root=data_root, data_prefix='train2017', with_label=False,
+    dataset=dict(type=dataset_type, data_root=data_root, data_prefix='train2017',
                  pipeline=train_pipeline))

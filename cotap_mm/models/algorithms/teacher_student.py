@@ -13,20 +13,28 @@ from typing import Sequence, Tuple
 import torch
 import torch.nn as nn
 
+from cotap_mm.utils.config_checks import check_loss_weights
+
 __all__ = ['TeacherStudentMixin']
 
 
 class TeacherStudentMixin:
     """Mixin (before ``BaseSelfSupervisor`` in the bases) for algorithms with an EMA teacher.
 
-    Call :meth:`_init_teacher` at the end of ``__init__``, once the student modules exist.
+    Call :meth:`_init_teacher` at the end of ``__init__``, once the student modules and the
+    losses exist: it also refuses negative loss weights, so a config mistake fails at build.
     """
 
     _student_keys: Tuple[str, ...] = ()
 
     def _init_teacher(self, student_keys: Sequence[str]) -> None:
         """Deep-copy the student modules ``student_keys`` into ``self.teacher`` (frozen) and
-        register the bool buffer ``teacher_initialized`` (False)."""
+        register the bool buffer ``teacher_initialized`` (False).
+
+        Raises:
+            ValueError: a loss of the algorithm has a negative ``loss_weight``.
+        """
+        check_loss_weights(self)
         self._student_keys = tuple(student_keys)
         self.teacher = nn.ModuleDict({k: copy.deepcopy(getattr(self, k))
                                       for k in self._student_keys})

@@ -4,14 +4,18 @@ CoTAP: "Semantic Concentration for Self-Supervised Dense Representations Learnin
 https://arxiv.org/abs/2509.09429 (official code: github.com/KID-7391/CoTAP).
 """
 import math
-from typing import Dict, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
 from mmpretrain.models.backbones import VisionTransformer
 from mmpretrain.models.backbones.vision_transformer import TransformerEncoderLayer
 from mmpretrain.models.utils import resize_pos_embed
+from mmengine.runner.checkpoint import _load_checkpoint
 from mmpretrain.registry import MODELS
+
+from cotap_mm.utils.config_checks import check_known_keys
+from cotap_mm.utils.start_weights import check_start_weights
 
 __all__ = ['CoTAPViT', 'foreground_mask', 'gaussian_blur2d', 'remove_small_components']
 
@@ -94,6 +98,49 @@ class CoTAPViT(VisionTransformer):
             norm_cfg=norm_cfg,
             **kwargs)
         self.num_heads: int = self.arch_settings['num_heads']
+
+    def init_weights(self) -> None:
+        """mmpretrain's initialisation; a ``Pretrained`` ``init_cfg`` is checked first.
+
+        ``init_cfg=dict(type='Pretrained', checkpoint=..., prefix=..., strict=True)``: keys of this
+        ViT missing from the checkpoint or shaped differently (a position embedding of another
+        grid is resized, as mmpretrain does) raise
+        :class:`~cotap_mm.utils.start_weights.StartWeightsError` naming how many and the first
+        few; every difference goes to the run's log. ``strict=False`` (on purpose) only logs them.
+        """
+        cfgs = self.init_cfg if isinstance(self.init_cfg, list) else [self.init_cfg]
+        pretrained = [c for c in cfgs if isinstance(c, dict) and c.get('type') == 'Pretrained']
+        if not pretrained:
+            super().init_weights()
+            return
+        cleaned = []
+        for c in cfgs:
+            if c in pretrained:
+                c = dict(c)
+                strict = c.pop('strict', True)
+                check_known_keys(f'{type(self).__name__} Pretrained init_cfg', c,
+                                 ['type', 'checkpoint', 'prefix', 'map_location', 'strict'])
+                if not self.is_init:
+                    self._check_pretrained(c['checkpoint'], c.get('prefix'),
+                                           c.get('map_location', 'cpu'), bool(strict))
+            cleaned.append(c)
+        saved = self.init_cfg
+        self.init_cfg = cleaned if isinstance(saved, list) else cleaned[0]
+        try:
+            super().init_weights()
+        finally:
+            self.init_cfg = saved
+
+    def _check_pretrained(self, checkpoint: str, prefix: Optional[str], map_location: Any,
+                          strict: bool) -> None:
+        ckpt = _load_checkpoint(checkpoint, map_location=map_location, logger='current')
+        state = ckpt.get('state_dict', ckpt) if isinstance(ckpt, dict) else {}
+        if prefix:
+            prefix = prefix if prefix.endswith('.') else prefix + '.'
+            state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+        check_start_weights(self.state_dict(), state, source=str(checkpoint), strict=strict,
+                            checked_prefix='', what=f'{type(self).__name__} init_cfg '
+                            f'(prefix={prefix!r})')
 
     @property
     def last_block(self) -> TransformerEncoderLayer:

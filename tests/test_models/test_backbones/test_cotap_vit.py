@@ -282,3 +282,32 @@ def test_foreground_mask_errors():
         foreground_mask(torch.rand(1, 2, 4, 4), keep_mass=0)
     with pytest.raises(ValueError, match='cls_attn'):
         foreground_mask(torch.rand(2, 4))
+
+
+def test_pretrained_init_cfg_is_strict(tmp_path):
+    """A start checkpoint of the wrong architecture fails, naming how many keys and the first few;
+    ``strict=False`` on purpose only logs; a position embedding of another grid is resized."""
+    from cotap_mm.utils.start_weights import StartWeightsError
+    src = tiny_vit(img_size=64)
+    good = tmp_path / 'good.pth'
+    torch.save({'state_dict': {f'backbone.{k}': v for k, v in src.state_dict().items()}}, good)
+    ours = tiny_vit(img_size=32, init_cfg=dict(type='Pretrained', checkpoint=str(good),
+                                              prefix='backbone.'))
+    ours.init_weights()
+    assert torch.equal(ours.patch_embed.projection.weight, src.patch_embed.projection.weight)
+
+    wrong = tmp_path / 'foo.pth'
+    torch.save({'state_dict': {'foo.weight': torch.zeros(1)}}, wrong)
+    n = len(src.state_dict())
+    vit = tiny_vit(init_cfg=dict(type='Pretrained', checkpoint=str(wrong)))
+    with pytest.raises(StartWeightsError, match=rf'{n} of {n} keys missing from {wrong}: cls_token'):
+        vit.init_weights()
+    wide = tmp_path / 'wide.pth'
+    torch.save(CoTAPViT(arch=dict(TINY, embed_dims=64), img_size=64).state_dict(), wide)
+    vit = tiny_vit(init_cfg=dict(type='Pretrained', checkpoint=str(wide)))
+    with pytest.raises(StartWeightsError, match=r'keys shaped differently .*cls_token '
+                       r'\(checkpoint \[1, 1, 64\] vs model \[1, 1, 32\]\)'):
+        vit.init_weights()
+    tiny_vit(init_cfg=dict(type='Pretrained', checkpoint=str(wrong), strict=False)).init_weights()
+    with pytest.raises(TypeError, match='prefx'):
+        tiny_vit(init_cfg=dict(type='Pretrained', checkpoint=str(good), prefx='x')).init_weights()
