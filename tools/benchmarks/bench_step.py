@@ -84,26 +84,26 @@ sys.path.insert(0, osp.join(TOOLS, 'model_converters'))
 
 from bench_cotap_loss import _reset_hwm, _status_kb  # noqa: E402  (/proc peak-RSS helpers)
 
-# key: display name, kind, backbone, config (repository path, or 'mmpretrain::' path); DINO's
-# config is written into the work dir (DINO_CONFIG)
 MOCOV3 = 'mmpretrain::mocov3/mocov3_vit-{}-p16_16xb256-amp-coslr-300e_in1k.py'
 COTAP = 'configs/cotap/cotap_vit-{}.py'
+
+
+def _rows(backbone: str, mocov3: str, coco: str, coco_in1k: str) -> Dict[str, Dict[str, str]]:
+    """The four rows of one backbone ('S' / 'B'): key -> display name, kind, backbone and config
+    (repository path, or 'mmpretrain::' path; DINO's is written into the work dir)."""
+    vit, b = f'ViT-{backbone}/16', backbone.lower()
+    rows = {f'mocov3-{b}': dict(name=f'MoCo v3 {vit}', kind='mocov3', config=MOCOV3.format(mocov3)),
+            f'dino-{b}': dict(name=f'DINO {vit}', kind='dino', config=''),
+            f'cotap-{b}-coco': dict(name=f'CoTAP {vit} COCO', kind='cotap',
+                                    config=COTAP.format(coco)),
+            f'cotap-{b}-coco-in1k': dict(name=f'CoTAP {vit} COCO+IN1k', kind='cotap',
+                                         config=COTAP.format(coco_in1k))}
+    return {k: dict(row, backbone=backbone) for k, row in rows.items()}
+
+
 MODELS: Dict[str, Dict[str, str]] = {
-    'mocov3-s': dict(name='MoCo v3 ViT-S/16', kind='mocov3', backbone='S',
-                     config=MOCOV3.format('small')),
-    'dino-s': dict(name='DINO ViT-S/16', kind='dino', backbone='S', config=''),
-    'cotap-s-coco': dict(name='CoTAP ViT-S/16 COCO', kind='cotap', backbone='S',
-                         config=COTAP.format('small-p16_4xb28-240k_coco')),
-    'cotap-s-coco-in1k': dict(name='CoTAP ViT-S/16 COCO+IN1k', kind='cotap', backbone='S',
-                              config=COTAP.format('small-p16-dino_4xb28-240k_coco-in1k')),
-    'mocov3-b': dict(name='MoCo v3 ViT-B/16', kind='mocov3', backbone='B',
-                     config=MOCOV3.format('base')),
-    'dino-b': dict(name='DINO ViT-B/16', kind='dino', backbone='B', config=''),
-    'cotap-b-coco': dict(name='CoTAP ViT-B/16 COCO', kind='cotap', backbone='B',
-                         config=COTAP.format('base-p16_8xb16-210k_coco')),
-    'cotap-b-coco-in1k': dict(name='CoTAP ViT-B/16 COCO+IN1k', kind='cotap', backbone='B',
-                              config=COTAP.format('base-p16-dino_8xb16-210k_coco-in1k')),
-}
+    **_rows('S', 'small', 'small-p16_4xb28-240k_coco', 'small-p16-dino_4xb28-240k_coco-in1k'),
+    **_rows('B', 'base', 'base-p16_8xb16-210k_coco', 'base-p16-dino_8xb16-210k_coco-in1k')}
 REFERENCE = {'S': 'mocov3-s', 'B': 'mocov3-b'}
 # the start checkpoint of each backbone: official DINO file name, and where the CoTAP configs load
 # the converted weights from (load_from)
