@@ -565,8 +565,8 @@ def measure_steps(spec: Mapping[str, Any]) -> Dict[str, Any]:
                         sync()
                         if cuda:
                             torch.cuda.reset_peak_memory_stats()
-                        else:
-                            out['rss_method'] = 'VmHWM' if _reset_hwm() else 'VmHWM (not reset)'
+                        else:  # peak RSS from here on (where /proc/self/clear_refs is writable)
+                            _reset_hwm()
                     scale = scaler.get_scale() if scaler is not None else None
                     sync()
                     t0, c0 = time.perf_counter(), time.process_time()
