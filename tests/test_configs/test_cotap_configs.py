@@ -89,7 +89,7 @@ def test_configs_found():
 def test_config_parses_and_is_consistent(path):
     cfg = Config.fromfile(path)
     assert cfg.model.type == 'CoTAP'
-    assert cfg.model.data_preprocessor.type == 'SelfSupDataPreprocessor'
+    assert cfg.model.data_preprocessor.type == 'CoTAPDataPreprocessor'  # colour: see below
     assert any(h.type == 'EMATeacherHook' for h in cfg.custom_hooks)
     loader = cfg.train_dataloader
     ds = loader.dataset

@@ -904,13 +904,14 @@ class CoTAP(TeacherStudentMixin, BaseSelfSupervisor):
                 raise ValueError(f'topk={self.topk} exceeds the {G * ks * ks} pooled cells at '
                                  f'scale {ks}')
         A = B if anchors is None else int(anchors.numel())
-        if self.num_random > 0 and A < 2:
-            raise ValueError(f'loss_cotap draws random images among the other anchors, but the '
-                             f'patch sub-batch has {A} anchor(s) (images that are not loaded '
-                             f'neighbours): use at least 2 anchors per process or '
-                             f'rank_all_images=True')
+        if A < 1:
+            raise ValueError('loss_cotap found no anchor in the patch sub-batch (every sample is a '
+                             'loaded neighbour): check the data samples\' is_neighbor')
         with torch.no_grad():
-            perms = random_derangements(A, self.num_random, device=partner.device)
+            if A == 1:  # no other anchor: its own partner, as the release's permutation gives
+                perms = torch.zeros(self.num_random, 1, dtype=torch.long, device=partner.device)
+            else:
+                perms = random_derangements(A, self.num_random, device=partner.device)
             negatives = negative_partners(partner, perms, anchors)
 
         def to_maps(x: torch.Tensor) -> torch.Tensor:  # [G*B, N, D] -> [B, G, D, h, w]

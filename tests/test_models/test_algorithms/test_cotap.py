@@ -298,9 +298,17 @@ def test_ranking_anchors_match_the_release(monkeypatch):
     assert model._ranking_anchors(samples, None, torch.device('cpu')).tolist() == [0, 2, 4]
     assert model._ranking_anchors(samples, torch.tensor([0, 1, 4, 5]),
                                   torch.device('cpu')).tolist() == [0, 2]
-    with pytest.raises(ValueError, match='anchor'):
-        model._cotap_term(flat(s_maps)[:4], flat(t_maps)[:4], flat(fg)[:4, :, 0],
-                          torch.tensor([1, 0]), torch.tensor([0]), (h, w), G, 2)
+    # one anchor (a tiny batch): its random items are its own neighbour, as in the release
+    seen.clear()
+    two = torch.cat([flat(s_maps)[:2], flat(s_maps)[B:B + 2]])  # images 0, 1 of both views
+    model._cotap_term(two, two, torch.rand(4, h * w), torch.tensor([1, 0]), torch.tensor([0]),
+                      (h, w), G, 2)
+    s, _, r = seen[0]
+    assert s.numel() == 9 * 3
+    torch.testing.assert_close(s[r][:9], s[~r])  # random block 0 == the positive block
+    with pytest.raises(ValueError, match='no anchor'):
+        model._cotap_term(two, two, torch.rand(4, h * w), torch.tensor([1, 0]),
+                          torch.tensor([], dtype=torch.long), (h, w), G, 2)
 
 
 def test_cls_neighbor_uses_the_global_crops(monkeypatch):
