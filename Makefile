@@ -8,8 +8,9 @@ export COTAP_VENV := $(abspath $(VENV))
 setup:
 	bash tools/setup_env.sh
 
+# one thread per process unless OMP_NUM_THREADS says otherwise: the setting of the README's demo table
 demo: setup
-	$(PY) tools/demo.py $(DEMO_ARGS)
+	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(PY) tools/demo.py $(DEMO_ARGS)
 
 test: setup
 	$(PY) -m pytest tests -q -p no:cacheprovider $(PYTEST_ARGS)
