@@ -1,6 +1,6 @@
 """The CPU demo (``make demo``): does CoTAP concentrate the dense features of an image-level model?
 
-What it does, as the paper does it but at CPU size (METHOD.md: CoTAP post-pretrains an image-level
+What it does, as the paper does it but at CPU size (CoTAP post-pretrains an image-level
 SSL checkpoint):
 
 1. image-level pretraining: DINO (multi-crop self-distillation) on a tiny ViT, on generated scenes

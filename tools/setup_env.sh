@@ -6,7 +6,7 @@
 #   mmpretrain 1.2.0, mmsegmentation 1.2.2, mmdet 3.3.0, and cotap_mm itself (editable).
 # mmcv is taken from a wheel cache when one matches (COTAP_WHEEL_DIRS, default
 # ../shared/wheels and ./.wheelcache); otherwise it is built from source with the C++20 fix
-# (see ../shared/design/STACK.md) and the built wheel is stored in ./.wheelcache.
+# and the built wheel is stored in ./.wheelcache.
 # A stamp file records a hash of this script and setup.py: re-running is a no-op when nothing changed.
 set -euo pipefail
 

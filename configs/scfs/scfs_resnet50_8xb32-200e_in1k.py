@@ -1,6 +1,6 @@
 # SCFS (https://arxiv.org/abs/2212.06486, ICCV 2023), ResNet-50 on ImageNet-1k train, 200 epochs at
 # batch 256 (8 GPUs x 32), the official README run (k-NN 65.5 / linear 73.9; DINO: 64.0 / 73.0).
-# Recipe from the official code (METHOD_ddssl_scfs.md B.3-B.4):
+# Recipe from the official code:
 # - multi-crop: 2 global 224 crops (scale 0.25-1, bicubic) + 8 local 96 crops (scale 0.05-0.25), flip,
 #   ColorJitter(0.4, 0.4, 0.2, 0.1) p 0.8, grayscale p 0.2, Gaussian blur; the teacher sees the same
 #   augmented global crops (teacher_input='student'), no overlap constraint between crops.

@@ -3,7 +3,7 @@
 The 27 classes are the COCO-Stuff *supercategories* (12 thing + 15 stuff supercategories). The
 fine -> coarse table below is STEGO's ``Coco.fine_to_coarse`` (https://github.com/mhamilton723/STEGO,
 ``src/data.py``; the same table is used by Leopart https://github.com/MkuuWaUjinga/leopart and by
-CoTAP's evaluation code, which builds on STEGO's COCO-Stuff data, METHOD_cotap §7.1/§9). It follows
+CoTAP's evaluation code, which builds on STEGO's COCO-Stuff data). It follows
 the official COCO-Stuff label hierarchy (https://github.com/nightrome/cocostuff, ``labels.md``):
 ``fine id = COCO category id - 1`` (0..181, 255 = unlabeled), i.e. the pixel values of COCO-Stuff's
 ``stuffthingmaps_trainval2017`` PNGs.

@@ -1,8 +1,8 @@
 """Over-dispersion of dense features: how tightly patches of one class / instance cluster.
 
 CoTAP (https://arxiv.org/abs/2509.09429) names the failure it fixes "over-dispersion": patches of the
-same instance or category scatter in feature space. The paper's own metric could not be read (see
-``METHOD_cotap.md`` §7.3), so this module defines one, on L2-normalised patch features
+same instance or category scatter in feature space. The paper's own metric was not available to
+us, so this module defines one, on L2-normalised patch features
 ``f_i = x_i / ||x_i||`` with patch labels ``y_i`` (and optionally instance ids ``o_i``):
 
 * ``intra`` = mean cosine similarity ``f_i . f_j`` over pairs ``i != j`` with ``y_i = y_j``

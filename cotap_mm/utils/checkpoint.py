@@ -1,6 +1,6 @@
 """Checkpoint loading under torch >= 2.6 (``weights_only=True``) for mmengine 0.10.7.
 
-The problem (``../shared/design/STACK.md``, trap 1): mmengine calls ``torch.load`` without
+The problem: mmengine calls ``torch.load`` without
 ``weights_only``; torch 2.14 then refuses mmengine's own full checkpoints because their
 ``message_hub`` holds ``HistoryBuffer`` objects and numpy arrays. Turning ``weights_only`` off for the
 whole process (``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1``) would let any checkpoint run arbitrary code.

@@ -1,4 +1,4 @@
-"""Distributed launch on machines without CUDA (``../shared/design/STACK.md``, trap 2).
+"""Distributed launch on machines without CUDA.
 
 mmengine 0.10.7's ``init_dist('pytorch')`` always calls ``torch.cuda.set_device``, which fails on a
 CPU-only machine, and its default DDP wrapper passes ``device_ids=[LOCAL_RANK]``. With CUDA present

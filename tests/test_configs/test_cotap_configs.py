@@ -1,5 +1,5 @@
 """The CoTAP configs: every one parses and is consistent; the released runs carry the paper's values
-(METHOD_cotap §1-§6), build on the ``meta`` device, and their data / model pull a real batch."""
+(docs/cotap.md), build on the ``meta`` device, and their data / model pull a real batch."""
 import argparse
 import glob
 import math
@@ -22,7 +22,7 @@ CONFIGS = sorted(glob.glob(osp.join(REPO, 'configs/cotap/*.py')))
 ENTRY = osp.join(REPO, 'configs/cotap_vits16_coco.py')
 MAIN = 'cotap_vit-small-p16-dino_4xb28-240k_coco-in1k.py'
 
-# the released runs (METHOD_cotap §1, §6): arch, patch, GPUs, batch per GPU, iterations,
+# the released runs: arch, patch, GPUs, batch per GPU, iterations,
 # the public source file and our converted checkpoint
 RELEASED = {
     MAIN: ('dino-s', 16, 4, 28, 240000, 'dino_deitsmall16_pretrain.pth', 'dino_vits16'),

@@ -1,6 +1,6 @@
 """Does CoTAP's result follow its starting checkpoint? CoTAP from starts of different quality.
 
-CoTAP post-pretrains an image-level checkpoint (METHOD.md). On generated scenes at CPU size, the
+CoTAP post-pretrains an image-level checkpoint. On generated scenes at CPU size, the
 image-level starts we can train reach only about 17-19 linear-probe mIoU, and CoTAP adds 1-2 points
 to them (``docs/benchmarks.md``). This tool asks whether that is a property of CoTAP or of its start:
 it trains CoTAP for the same iterations, with the same config and seed, from

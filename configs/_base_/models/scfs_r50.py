@@ -1,5 +1,5 @@
 # SCFS (https://arxiv.org/abs/2212.06486, ICCV 2023) model, ResNet-50, as the official code
-# (github.com/skyoux/scfs; METHOD_ddssl_scfs.md B.2):
+# (github.com/skyoux/scfs):
 # - DINO on the GAP of layer4: 3-layer GELU MLP (hidden 2048, bottleneck 256), L2-norm,
 #   weight-normalised last layer with 65536 outputs; centred teacher, T_s 0.1, T_t 0.04 -> 0.07.
 # - feature search at layer2/3/4 (mmpretrain ResNet out_indices=(1, 2, 3): C = 512/1024/2048):

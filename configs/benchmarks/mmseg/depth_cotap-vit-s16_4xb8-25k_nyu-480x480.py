@@ -4,7 +4,7 @@
 # them, 3 deconvs + 2 bilinear x2 upsample, sigmoid * max_depth); VPD's data pipeline and 25k
 # schedule (4 GPUs x 8 images); slide + flip inference 480 / stride 160. Metrics: d1 (delta < 1.25),
 # abs_rel, rmse, ... on the Eigen crop ('nyu_crop'), depths in (1e-3, 10) m.
-# CoTAP's depth protocol itself could not be read (METHOD_cotap §7.3): this is a standard
+# CoTAP's depth protocol itself could not be read: this is a standard
 # ViT + light-head fine-tuning recipe, [inferred]; lr / layer decay are config options.
 _base_ = [
     'mmseg::_base_/datasets/nyu.py', 'mmseg::_base_/default_runtime.py',

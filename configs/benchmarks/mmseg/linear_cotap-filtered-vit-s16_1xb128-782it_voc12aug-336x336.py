@@ -1,4 +1,4 @@
-# Pascal VOC 2012 frozen linear probe of CoTAP ViT-S/16 with the paper's features (METHOD_cotap §1, §7.1):
+# Pascal VOC 2012 frozen linear probe of CoTAP ViT-S/16 with the paper's features:
 # the 2C = 768-dim patch tokens of the object-aware filter (last block || filtered last block,
 # LayerNorm(2C)), i.e. CoTAP.extract_feat, computed by mmpretrain.CoTAPFilteredViT (ViT + filter,
 # frozen). Everything else (data, crops, 1x1-conv head, Adam 3e-3, batch 128, 100k samples) is the

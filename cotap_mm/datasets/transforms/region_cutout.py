@@ -3,7 +3,7 @@
 De-coupling dense SSL: `De-coupling and De-positioning Dense Self-supervised Learning
 <https://arxiv.org/abs/2303.16947>`_ and its ICLR-2024 successor `Mind Your Augmentation: The Key
 to Decoupling Dense Self-Supervised Learning <https://openreview.net/forum?id=WQYHbr36Fo>`_
-(official code: github.com/ztt1024/denseSSL, ``loader.py``). Design notes: METHOD_ddssl_scfs.md A.8.
+(official code: github.com/ztt1024/denseSSL, ``loader.py``).
 
 The recipe (the successor's ``--pred_shape rcc``), on an ``h x w`` patch grid:
 

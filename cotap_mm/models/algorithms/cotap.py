@@ -858,7 +858,9 @@ class CoTAP(TeacherStudentMixin, BaseSelfSupervisor):
         with torch.no_grad():
             flat = t_z.reshape(-1, t_z.shape[-1])  # teacher bottleneck vectors [G*bp*N, D]
             is_fg = fg_p.reshape(-1).bool()
-            foreground = flat[is_fg]  # the queue keeps foreground vectors only
+            # the queue keeps foreground vectors only (boolean indexing syncs: only when needed)
+            foreground = (flat[is_fg] if self.patch_queue is not None
+                          or self.patch_codes_on == 'foreground' else None)
             codes = None
             if clustering:
                 if self.patch_codes_on == 'all':

@@ -4,7 +4,7 @@ Papers: `De-coupling and De-positioning Dense Self-supervised Learning
 <https://arxiv.org/abs/2303.16947>`_; its ICLR-2024 successor `Mind Your Augmentation: The Key to
 Decoupling Dense Self-Supervised Learning <https://openreview.net/forum?id=WQYHbr36Fo>`_ (official
 code github.com/ztt1024/denseSSL, built on iBOT); iBOT: `Image BERT Pre-Training with Online
-Tokenizer <https://arxiv.org/abs/2111.07832>`_. Design notes: METHOD_ddssl_scfs.md A.8.
+Tokenizer <https://arxiv.org/abs/2111.07832>`_.
 """
 from typing import Dict, List, Optional, Tuple, Union
 

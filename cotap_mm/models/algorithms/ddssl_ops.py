@@ -4,7 +4,7 @@ Papers: `De-coupling and De-positioning Dense Self-supervised Learning
 <https://arxiv.org/abs/2303.16947>`_ (v1: de-coupling + de-positioning modules, SoCo / ResNet-50 C4)
 and its ICLR-2024 successor `Mind Your Augmentation: The Key to Decoupling Dense Self-Supervised
 Learning <https://openreview.net/forum?id=WQYHbr36Fo>`_ (official code github.com/ztt1024/denseSSL:
-Region Collaborative Cutout + a de-coupling branch on iBOT). Design notes: METHOD_ddssl_scfs.md A.
+Region Collaborative Cutout + a de-coupling branch on iBOT).
 
 Both are switchable add-ons for any dense student / teacher algorithm:
 

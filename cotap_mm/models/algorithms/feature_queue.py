@@ -1,6 +1,6 @@
 """FIFO queue of past feature vectors for the Sinkhorn clustering terms (SwAV / Leopart / CoTAP).
 
-CoTAP (`arXiv 2509.09429 <https://arxiv.org/abs/2509.09429>`_, METHOD_cotap §4) runs Sinkhorn on
+CoTAP (`arXiv 2509.09429 <https://arxiv.org/abs/2509.09429>`_) runs Sinkhorn on
 the current teacher vectors together with a queue of past ones: 262,144 foreground patch vectors
 (at most 2,048 added per GPU and step) for the patch term and 32,768 CLS vectors (at most 100 per
 GPU and step) for the CLS terms, both *split across GPUs* (each process keeps

@@ -1,6 +1,6 @@
 """RoIAlign pooling of the region two crops have in common (Leopart / CoTAP patch clustering).
 
-CoTAP (`arXiv 2509.09429 <https://arxiv.org/abs/2509.09429>`_, METHOD_cotap §4) takes Leopart's
+CoTAP (`arXiv 2509.09429 <https://arxiv.org/abs/2509.09429>`_) takes Leopart's
 patch clustering term (`arXiv 2204.13101 <https://arxiv.org/abs/2204.13101>`_): for two crops of
 the same image, each crop's map (teacher codes, student scores, foreground mask) is RoI-aligned
 (6 x 6, ``aligned=True``) over the *overlap* of the two crops, so that cell ``(i, j)`` of both

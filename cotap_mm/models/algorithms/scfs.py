@@ -2,7 +2,6 @@
 
 Paper: Song et al., "Semantics-Consistent Feature Search for Self-Supervised Visual Representation
 Learning", ICCV 2023, https://arxiv.org/abs/2212.06486 (official code: github.com/skyoux/scfs).
-Design notes: METHOD_ddssl_scfs.md, B.2-B.4.
 """
 import copy
 from typing import Dict, List, Optional, Sequence, Tuple, Union
@@ -39,8 +38,8 @@ class SCFS(TeacherStudentMixin, BaseSelfSupervisor):
     """SCFS pretraining (student / EMA teacher) with a ResNet or a ViT backbone.
 
     Paper: `Semantics-Consistent Feature Search for Self-Supervised Visual Representation Learning
-    <https://arxiv.org/abs/2212.06486>`_ (ICCV 2023). Everything below follows the official code
-    as summarised in METHOD_ddssl_scfs.md B.2; the paper's full text was not available.
+    <https://arxiv.org/abs/2212.06486>`_ (ICCV 2023). Everything below follows the official code;
+    the paper's full text was not available.
 
     **Modules.** The student is ``backbone``, ``head`` (DINO head, :class:`DINOProjectionHead`)
     and ``stage_heads`` (``nn.ModuleList`` of one :class:`SCFSHead` per searched stage), all

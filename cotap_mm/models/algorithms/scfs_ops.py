@@ -2,7 +2,6 @@
 
 SCFS: Song et al., "Semantics-Consistent Feature Search for Self-Supervised Visual Representation
 Learning", ICCV 2023, https://arxiv.org/abs/2212.06486 (official code: github.com/skyoux/scfs).
-Design notes: METHOD_ddssl_scfs.md, B.2.
 """
 from typing import Tuple
 
@@ -35,7 +34,7 @@ def search_weights(query: torch.Tensor,
     With ``q = query / ||query||`` and ``k(p) = key_map[:, :, p] / ||key_map[:, :, p]||`` (L2 over
     channels, ``F.normalize`` with ``eps``):
 
-    * ``'cosine'`` (official SCFS code, METHOD_ddssl_scfs.md B.2): ``A(p) = <q, k(p)>``, the raw
+    * ``'cosine'`` (official SCFS code): ``A(p) = <q, k(p)>``, the raw
       cosine similarity in [-1, 1]; no softmax, no top-k, no threshold.
     * ``'softmax'`` (our option, not in the official code): ``A(p) = softmax_p(<q, k(p)> / T)``
       over the ``h * w`` positions, so that ``sum_p A(p) = 1``.
@@ -73,7 +72,7 @@ def feature_search(query: torch.Tensor,
     """SCFS feature search: the key map re-weighted by its similarity to the query.
 
     ``searched[b, :, p] = s * A[b, p] * key_map[b, :, p]`` with ``A`` from :func:`search_weights`
-    and the *un-normalised* key map (METHOD_ddssl_scfs.md B.2: ``F'_lg,i = A_i ⊙ F'_g``, broadcast
+    and the *un-normalised* key map (``F'_lg,i = A_i ⊙ F'_g``, broadcast
     over channels). ``s = 1`` for ``'cosine'`` (official). For ``'softmax'``, ``s = h * w``, so that
     the mean over positions of ``searched`` -- what a head that global-average-pools sees -- is the
     attention-pooled key feature ``sum_p A(p) key_map[:, :, p]`` and the map keeps the scale of

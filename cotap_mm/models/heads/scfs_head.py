@@ -21,7 +21,7 @@ class SCFSHead(BaseModule):
 
     Paper: `Semantics-Consistent Feature Search for Self-Supervised Visual Representation Learning
     <https://arxiv.org/abs/2212.06486>`_. One head per searched backbone stage, in the student and
-    (as an EMA copy) in the teacher (METHOD_ddssl_scfs.md B.2, official code):
+    (as an EMA copy) in the teacher:
 
     * residual bottleneck: ``1x1 conv C->mid, norm, ReLU; 3x3 conv mid->mid, norm, ReLU;
       1x1 conv mid->C, norm``; identity added; ReLU;
