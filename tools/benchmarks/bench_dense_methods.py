@@ -107,7 +107,9 @@ def _stage_main(spec: Dict[str, Any]) -> None:
         base = _reset_peak_rss()
         result = orig_train(self)
         stats['step_time'] = float(self.message_hub.get_scalar('train/time').mean())
-        stats['peak_mb'] = (_status_kb('VmHWM') - base) / 1024
+        # the kernel's per-thread RSS counters are summed lazily (up to ~64 pages each), so a run
+        # that allocates next to nothing can read a few hundred KB below its baseline: floor at 0
+        stats['peak_mb'] = max(0.0, (_status_kb('VmHWM') - base) / 1024)
         return result
 
     extra = {k: tuple(v) if isinstance(v, list) else v
@@ -147,7 +149,8 @@ def _reset_peak_rss() -> float:
 
     Read back as ``VmHWM``, the counter the peak is read from later: ``VmRSS`` and ``VmHWM`` are
     summed from per-thread counters at different times and can disagree by a few pages, which
-    made a tiny run's peak come out below its baseline (-0.02 MB).
+    made a tiny run's peak come out below its baseline (-0.02 MB, -0.11 MB); the caller floors the
+    difference at 0.
     """
     try:
         with open('/proc/self/clear_refs', 'w') as f:
