@@ -14,7 +14,7 @@ from mmengine.runner.checkpoint import _load_checkpoint
 from mmpretrain.models.backbones.base_backbone import BaseBackbone
 from mmpretrain.registry import MODELS
 
-from ..necks.object_prototype_neck import ObjectPrototypeNeck
+from ..necks.object_prototype_neck import ObjectPrototypeNeck, filtered_forward, tokens_to_map
 from .cotap_vit import CoTAPViT
 
 __all__ = ['CoTAPFilteredViT', 'split_filtered_state_dict']
@@ -227,7 +227,7 @@ class CoTAPFilteredViT(BaseBackbone):
                                'False)')
 
     def _check_prototypes(self, where: str) -> None:
-        if not bool(self.neck.prototypes_initialized):
+        if not self.neck.initialized:
             raise RuntimeError(
                 f'CoTAPFilteredViT: the object-aware filter prototypes are not initialised: {where}. '
                 'CoTAP sets them by k-means once its prototype bank is full (bank_size / '
@@ -244,7 +244,5 @@ class CoTAPFilteredViT(BaseBackbone):
     def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor]:
         """Images [B, 3, H, W] -> ``(features [B, 2C, H/p, W/p],)`` (mmseg's tuple of levels)."""
         self._check_prototypes('this model was not loaded from a CoTAP checkpoint')
-        tokens, (h, w) = self.backbone.forward_pre_last(x)
-        _, patches = self.neck(tokens, (h, w), self.backbone.last_block)
-        B, N, D = patches.shape
-        return (patches.transpose(1, 2).reshape(B, D, h, w), )
+        out = filtered_forward(self.backbone, self.neck, x)
+        return (tokens_to_map(out.patches, out.hw), )

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 import cotap_mm  # noqa: F401  (registers DINO, DINOProjectionHead, DINOClsLoss, ...)
-from cotap_mm.engine.hooks.ema_teacher_hook import check_teacher_student
+from cotap_mm.models.algorithms.base import paired_tensors as check_teacher_student
 from cotap_mm.evaluation.linear_probe import last_layer_output
 from cotap_test_helpers.tool_runs import logged_loss_rows, train_in_process
 from cotap_test_helpers.view_batches import independent_view_batch
