@@ -144,7 +144,7 @@ class RegionCollaborativeCutout(BaseTransform):
     <https://arxiv.org/abs/2303.16947>`_; recipe of the successor (ICLR 2024, official
     ``loader.py``): see :func:`region_cutout_mask`. The masks serve as iBOT's masked-image-modeling
     masks and as the cut regions of the de-coupling branch
-    (:mod:`cotap_mm.models.algorithms.ddssl_ops`). The images are not changed: the cut-out happens
+    (:mod:`cotap_mm.models.utils.decoupling`). The images are not changed: the cut-out happens
     on tokens inside the model.
 
     Adds ``results[key]``: bool ``[M, h, w]`` numpy array, one mask per view, and

@@ -85,6 +85,16 @@ class FeatureQueue(nn.Module):
             return self.queue[:self._count]
         return torch.roll(self.queue, -self._ptr, dims=0)
 
+    @torch.no_grad()
+    def load_entries_(self, x: torch.Tensor) -> None:
+        """Replace the contents by the rows of ``x`` [n, D] (n <= capacity), oldest first."""
+        if x.dim() != 2 or x.shape[1] != self.dim or x.shape[0] > self.capacity:
+            raise ValueError(f'load_entries_ expects [n <= {self.capacity}, {self.dim}], got '
+                             f'{tuple(x.shape)}')
+        self.queue.zero_()
+        self.queue[:x.shape[0]] = x.to(self.queue)
+        self._set(x.shape[0] % self.capacity, x.shape[0])
+
     def _set(self, ptr: int, count: int) -> None:
         self._ptr, self._count = ptr, count
         self.ptr.fill_(ptr)

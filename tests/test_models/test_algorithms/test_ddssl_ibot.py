@@ -10,7 +10,7 @@ from mmpretrain.structures import DataSample
 
 import cotap_mm  # noqa: F401  (registers DDSSLiBOT, IBOTPatchLoss, RegionCollaborativeCutout)
 from cotap_mm.datasets.transforms.region_cutout import region_cutout_mask
-from cotap_mm.models.algorithms.base import paired_tensors as check_teacher_student
+from cotap_mm.models.algorithms.base import paired_tensors
 from cotap_mm.models.losses.ibot_patch_loss import ibot_patch_cross_entropy
 from cotap_test_helpers.tool_runs import logged_loss_rows, train_in_process
 
@@ -49,7 +49,7 @@ def _batch(B=8, G=2, size=64, grid=8, ratio=0.4, seed=0):
 
 def test_structure_teacher_and_state_dict():
     model = _build()
-    check_teacher_student(model.teacher, model.student)
+    paired_tensors(model.teacher, model.student)
     assert set(model.student.keys()) == {'backbone', 'cls_head'}  # shared head
     assert not any(p.requires_grad for p in model.teacher.parameters())
     assert not model.teacher.training and model.training  # teacher always in eval mode

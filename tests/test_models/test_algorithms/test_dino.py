@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 import cotap_mm  # noqa: F401  (registers DINO, DINOProjectionHead, DINOClsLoss, ...)
-from cotap_mm.models.algorithms.base import paired_tensors as check_teacher_student
+from cotap_mm.models.algorithms.base import paired_tensors
 from cotap_mm.evaluation.linear_probe import last_layer_output
 from cotap_test_helpers.tool_runs import logged_loss_rows, train_in_process
 from cotap_test_helpers.view_batches import independent_view_batch
@@ -44,7 +44,7 @@ def test_structure():
     assert not any('stage_heads' in k for k in keys)
     assert any(k.startswith('teacher.head.') for k in keys) and 'teacher_initialized' in keys
     assert len(model.stage_heads) == 0 and not hasattr(model, 'search_losses')
-    check_teacher_student(model.teacher, model.get_submodule('student'))
+    paired_tensors(model.teacher, model.get_submodule('student'))
     feats = model.extract_feat(torch.randn(2, 3, 64, 64))
     assert len(feats) == 1 and feats[0].shape == (2, 96, 8, 8)
 

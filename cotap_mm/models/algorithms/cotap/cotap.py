@@ -211,7 +211,7 @@ class CoTAP(TeacherStudentSelfSupervisor):
                           ('cls_neighbor_loss', cls_neighbor_loss)):
             setattr(self, name, MODELS.build(cfg) if isinstance(cfg, dict) else cfg)
 
-        # de-coupling / de-positioning (arXiv 2303.16947 + ICLR-24 successor): ddssl_ops
+        # de-coupling / de-positioning (arXiv 2303.16947 + ICLR-24 successor): models/utils
         self.rcc_key = rcc_key
         self.decoupling = DecouplingBranch(**decoupling) if decoupling else None
         self.depositioning = DepositioningBranch(**depositioning) if depositioning else None
