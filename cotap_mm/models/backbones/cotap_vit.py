@@ -16,6 +16,7 @@ from mmpretrain.registry import MODELS
 
 from cotap_mm.utils.config_checks import check_known_keys
 from cotap_mm.utils.start_weights import check_start_weights
+from cotap_mm.utils.state_dict import find_state_dict
 from .token_edits import apply_mask_token, substitute_tokens
 
 __all__ = ['CoTAPViT', 'ViTTokens', 'foreground_mask', 'gaussian_blur2d',
@@ -143,7 +144,7 @@ class CoTAPViT(VisionTransformer):
     def _check_pretrained(self, checkpoint: str, prefix: Optional[str], map_location: Any,
                           strict: bool) -> None:
         ckpt = _load_checkpoint(checkpoint, map_location=map_location, logger='current')
-        state = ckpt.get('state_dict', ckpt) if isinstance(ckpt, dict) else {}
+        state = find_state_dict(ckpt, str(checkpoint))
         if prefix:
             prefix = prefix if prefix.endswith('.') else prefix + '.'
             state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
