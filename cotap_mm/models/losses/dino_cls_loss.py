@@ -193,7 +193,7 @@ class DINOClsLoss(CenteredTeacherLoss):
             self.last_stats = teacher_collapse_stats(t_prob, pairs, loss)
             if self.centering == 'ema':
                 self.update_center(teacher_logits)
-            self.num_updates.add_(1)
+            self.count_update()
         return self.loss_weight * loss
 
 
