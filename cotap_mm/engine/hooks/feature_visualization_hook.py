@@ -69,7 +69,9 @@ class FeatureVisualizationHook(Hook):
     a folder, ``from_train_data=True`` the first images of the training data set (real images are
     resized to ``image_size``). For each image a PNG ``image | PCA of the patch features as RGB |
     cosine similarity of the centre patch to all patches | k-means map for each K of kmeans_k`` is
-    written to ``{work_dir}/{out_dir}/iter_{k}_img{i}.png`` on the main process. Features: those of
+    written to ``{work_dir}/{out_dir}/iter_{k}_img{i}.png`` on the main process and, with
+    ``add_to_visualizer``, given to the runner's visualizer as ``{out_dir}_img{i}`` at step ``k``
+    (so a TensorBoard / W&B backend shows them next to the losses). Features: those of
     :func:`~cotap_mm.evaluation.linear_probe.build_model_feature_extractor` (CoTAP's 2C-dim
     filtered tokens, or the backbone's last-layer patch tokens).
 
@@ -83,13 +85,16 @@ class FeatureVisualizationHook(Hook):
         from_train_data (bool): draw the training data's first images. Defaults to False.
         kmeans_k (Sequence[int]): numbers of clusters of the k-means maps (the overclustering maps
             of one image); empty: none. Defaults to (4, 8).
+        add_to_visualizer (bool): also send each picture to ``runner.visualizer.add_image``.
+            Defaults to True.
     """
 
     priority = 'LOW'
 
     def __init__(self, interval: int = 1000, num_images: int = 4, image_size: int = 64,
                  seed: int = 0, out_dir: str = 'feature_vis', image_dir: Optional[str] = None,
-                 from_train_data: bool = False, kmeans_k: Sequence[int] = (4, 8)) -> None:
+                 from_train_data: bool = False, kmeans_k: Sequence[int] = (4, 8),
+                 add_to_visualizer: bool = True) -> None:
         if interval < 1 or num_images < 1 or image_size < 8:
             raise ValueError(f'FeatureVisualizationHook needs interval >= 1, num_images >= 1, '
                              f'image_size >= 8; got {interval}, {num_images}, {image_size}')
@@ -106,6 +111,7 @@ class FeatureVisualizationHook(Hook):
         self.num_images = num_images
         self.image_size = image_size
         self.from_train_data = from_train_data
+        self.add_to_visualizer = add_to_visualizer
         self.images: Optional[np.ndarray] = None
         if image_dir is not None:
             self.images = load_images(folder_images(image_dir, num_images), image_size)
@@ -122,7 +128,7 @@ class FeatureVisualizationHook(Hook):
                       f'{", ".join(paths)}', logger='current')
 
     @torch.no_grad()
-    def write(self, runner, tag: str) -> Optional[str]:
+    def write(self, runner, tag: str, step: int = 0) -> Optional[str]:
         """Write one set of pictures; returns the folder (None on other ranks)."""
         if not is_main_process():
             return None
@@ -133,11 +139,14 @@ class FeatureVisualizationHook(Hook):
         extract = build_model_feature_extractor(model)
         feats = extract(torch.from_numpy(self.images).permute(0, 3, 1, 2).float())
         folder = osp.join(runner.work_dir, self.out_dir)
+        visualizer = getattr(runner, 'visualizer', None) if self.add_to_visualizer else None
         for i, (img, f) in enumerate(zip(self.images, feats.cpu())):
             panels = feature_panels(img, f, kmeans_k=self.kmeans_k, seed=self.seed)
-            save_panels(osp.join(folder, f'{tag}_img{i}.png'), panels)
+            canvas = save_panels(osp.join(folder, f'{tag}_img{i}.png'), panels)
+            if visualizer is not None:
+                visualizer.add_image(f'{self.out_dir}_img{i}', canvas, step=step)
         return folder
 
     def after_train_iter(self, runner, batch_idx: int, data_batch=None, outputs=None) -> None:
         if self.every_n_train_iters(runner, self.interval) or self.is_last_train_iter(runner):
-            self.write(runner, f'iter_{runner.iter + 1}')
+            self.write(runner, f'iter_{runner.iter + 1}', step=runner.iter + 1)
