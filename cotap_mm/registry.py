@@ -15,8 +15,11 @@ SCOPE = 'cotap_mm'
 
 
 def _child(parent: Registry) -> Registry:
-    # importing the package registers every module (into mmpretrain's registries)
-    return Registry(parent.name, parent=parent, scope=SCOPE, locations=[SCOPE])
+    # the parent's modules are registered lazily, by importing its locations (e.g.
+    # mmpretrain.visualization), which a lookup through a child does not trigger: import them here
+    # too; importing the package registers cotap_mm's modules (into mmpretrain's registries)
+    return Registry(parent.name, parent=parent, scope=SCOPE,
+                    locations=[SCOPE] + list(parent._locations))
 
 
 RUNNERS = _child(mmpretrain_registry.RUNNERS)
