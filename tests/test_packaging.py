@@ -180,10 +180,12 @@ def test_scope_and_model_index_of_the_installed_package(installed, project):
     script = (
         'import os.path as osp, cotap_mm\n'
         'from mmengine.config import Config\n'
-        'from mmengine.registry import MODELS\n'
-        'from mmpretrain import list_models, get_model\n'
+        'from mmengine.registry import MODELS, VISUALIZERS\n'
         'cfg = Config.fromfile("my_cotap.py")\n'
+        'v = VISUALIZERS.build(dict(cfg.visualizer, name="x"))\n'
         'm = MODELS.build(cfg.model)\n'
+        'from mmpretrain import list_models, get_model\n'
+        'print("visualizer", type(v).__name__)\n'
         'print("package", osp.dirname(cotap_mm.__file__))\n'
         'print("built", type(m).__name__, m.neck.num_prototypes)\n'
         'print("models", ",".join(list_models("*cotap*")))\n'
@@ -192,6 +194,7 @@ def test_scope_and_model_index_of_the_installed_package(installed, project):
     lines = dict(line.split(' ', 1) for line in out.splitlines() if ' ' in line)
     assert lines['package'] == osp.join(installed, 'cotap_mm')
     assert lines['built'] == 'CoTAP 8'
+    assert lines['visualizer'] == 'UniversalVisualizer'  # mmpretrain's, through scope cotap_mm
     assert f'{DEMO}' in lines['models'].split(',')
     assert lines['config'] == osp.join(installed, 'cotap_mm', '.mim', 'configs', 'scfs',
                                        'scfs_vit-tiny-p8_1xb8-300it_synthetic.py')
