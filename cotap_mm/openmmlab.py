@@ -32,8 +32,11 @@ _registered_index: Optional[str] = None
 
 
 def mim_root() -> Optional[str]:
-    """The folder holding ``model-index.yml``, ``configs/`` and ``tools/``: ``cotap_mm/.mim`` of an
-    installed package, else the checkout the package is imported from; None when neither has them."""
+    """The folder holding ``model-index.yml``, ``configs/`` and ``tools/``.
+
+    ``cotap_mm/.mim`` of an installed package, else the checkout the package is imported from; None
+    when neither has them.
+    """
     for root in (osp.join(PACKAGE_DIR, '.mim'), osp.dirname(PACKAGE_DIR)):
         if osp.isfile(osp.join(root, MODEL_INDEX)) and osp.isdir(osp.join(root, 'configs')):
             return root

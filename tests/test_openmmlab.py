@@ -86,7 +86,7 @@ def _jpeg(path, h=50, w=70, seed=0):
 
 
 def _reference_input(path, size=64):
-    """The image as the demo configs' test_pipeline should feed it, computed with OpenCV directly."""
+    """The image as the demo configs' test_pipeline should feed it, by OpenCV directly."""
     bgr = cv2.imread(path)
     rgb = cv2.resize(bgr, (size, size), interpolation=cv2.INTER_LINEAR)[:, :, ::-1]
     x = torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1)[None].float()

@@ -1,4 +1,4 @@
-"""Pictures of dense features: PCA colouring, patch-similarity maps and k-means (overclustering) maps.
+"""Pictures of dense features: PCA colours, patch-similarity maps, k-means (overclustering) maps.
 
 Used to look at over-dispersion (CoTAP, https://arxiv.org/abs/2509.09429): with concentrated
 features, PCA colours are uniform inside each object, a query patch is similar to the whole

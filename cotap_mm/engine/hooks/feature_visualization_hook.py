@@ -26,8 +26,8 @@ def folder_images(folder: str, num: int) -> List[str]:
     files = sorted(p for p in glob.glob(osp.join(folder, '*'))
                    if p.lower().endswith(IMAGE_EXTENSIONS))
     if not files:
-        raise FileNotFoundError(f'FeatureVisualizationHook: no image ({", ".join(IMAGE_EXTENSIONS)}) '
-                                f'in {folder!r}')
+        raise FileNotFoundError(f'FeatureVisualizationHook: no image '
+                                f'({", ".join(IMAGE_EXTENSIONS)}) in {folder!r}')
     return files[:num]
 
 
@@ -65,8 +65,8 @@ class FeatureVisualizationHook(Hook):
     """Every ``interval`` iterations (and after the last), write feature pictures of fixed images.
 
     The images stay the same all run long, so the pictures show how the features evolve: by default
-    ``num_images`` generated scenes (fixed by ``seed``); ``image_dir`` takes the first image files of
-    a folder, ``from_train_data=True`` the first images of the training data set (real images are
+    ``num_images`` generated scenes (fixed by ``seed``); ``image_dir`` takes the first image files
+    of a folder, ``from_train_data=True`` the first images of the training data set (real images are
     resized to ``image_size``). For each image a PNG ``image | PCA of the patch features as RGB |
     cosine similarity of the centre patch to all patches | k-means map for each K of kmeans_k`` is
     written to ``{work_dir}/{out_dir}/iter_{k}_img{i}.png`` on the main process and, with
