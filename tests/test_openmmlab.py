@@ -167,3 +167,17 @@ def test_cotap_scope_registries_resolve_to_mmpretrain():
     assert registry.MODELS.get('CoTAPViT') is registry.MODELS.parent.get('CoTAPViT')
     assert registry.HOOKS.parent is PRETRAIN_HOOKS
     assert registry.HOOKS.get('EMATeacherHook').__name__ == 'EMATeacherHook'
+
+
+def test_every_indexed_config_reads_images_at_its_training_size():
+    """test_pipeline (what FeatureExtractor and visualize_features.py read images with) resizes to
+    the ViT's img_size: 224 for the released runs, 64 for the CPU-sized ones."""
+    _, models = _metafile_models()
+    for name, m in models.items():
+        cfg = Config.fromfile(osp.join(REPO_ROOT, m['Config']))
+        types = [t['type'] for t in cfg.test_pipeline]
+        assert types == ['LoadImageFromFile', 'Resize', 'PackInputs'], (name, types)
+        size = cfg.model.backbone.get('img_size')
+        if size is None:  # ResNets: 224 for ImageNet, 64 for the generated scenes
+            size = 64 if 'synthetic' in name else 224
+        assert tuple(cfg.test_pipeline[1].scale) == (size, size), name
