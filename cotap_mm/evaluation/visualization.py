@@ -6,6 +6,7 @@ object (and to same-class objects), not only to its neighbours, and the k-means 
 image's patches follow its objects (the per-image view of the overclustering protocol,
 :mod:`cotap_mm.evaluation.overclustering`). No matplotlib: PNGs are written with PIL.
 """
+import logging
 import os
 import os.path as osp
 from typing import List, Optional, Sequence, Tuple, Union
@@ -270,7 +271,8 @@ def feature_panels(image: np.ndarray,
 
     ``image`` (query cells marked in red), ``pca`` (:func:`pca_rgb`), ``sim y,x`` for each query
     cell (:func:`similarity_map` over the image) and ``kmeans K`` for each K
-    (:func:`kmeans_label_map`, coloured by :func:`label_colors`).
+    (:func:`kmeans_label_map`, coloured by :func:`label_colors`; a K above the number of feature
+    positions is skipped with a logged warning, e.g. K = 8 on the 2 x 2 map of a ResNet at 64 px).
 
     Args:
         image (np.ndarray): uint8 ``[H, W, 3]`` RGB.
@@ -300,6 +302,12 @@ def feature_panels(image: np.ndarray,
         panels.append((f'sim {cell[0]},{cell[1]}',
                        similarity_overlay(similarity_map(f, cell), image, nearest)))
     for k in kmeans_k:
+        if int(k) > grid[0] * grid[1]:
+            from mmengine.logging import print_log
+            print_log(f'k-means map with K={int(k)} skipped: the {grid[0]}x{grid[1]} feature map '
+                      f'has {grid[0] * grid[1]} positions', logger='current',
+                      level=logging.WARNING)
+            continue
         labels = kmeans_label_map(f, int(k), seed=seed)
         panels.append((f'kmeans {int(k)}', _resize(label_colors(labels).astype(np.uint8),
                                                     image.shape[:2], True)))

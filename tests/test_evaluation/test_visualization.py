@@ -169,3 +169,22 @@ def test_feature_panels_and_save_panels(tmp_path):
         feature_panels(img, f, cells=[(6, 0)])
     with pytest.raises(ValueError, match='one'):
         save_panels(str(out), [('a', img), ('b', img[:8])])
+
+
+def test_feature_panels_skip_k_above_the_positions_with_a_warning():
+    from mmengine.logging import MMLogger
+
+    from cotap_mm.evaluation.visualization import feature_panels
+    img = np.zeros((16, 16, 3), dtype=np.uint8)
+    f = np.random.default_rng(0).standard_normal((4, 2, 2))
+    logger = MMLogger.get_current_instance()
+    records = []
+    handler = __import__('logging').Handler()
+    handler.emit = records.append
+    logger.addHandler(handler)
+    try:
+        panels = feature_panels(img, f, kmeans_k=[3, 8])
+    finally:
+        logger.removeHandler(handler)
+    assert [t for t, _ in panels] == ['image', 'pca', 'sim 1,1', 'kmeans 3']
+    assert any('K=8 skipped' in r.getMessage() and '2x2' in r.getMessage() for r in records)
