@@ -76,3 +76,9 @@ custom_hooks = [
     dict(type='FeatureVisualizationHook', interval=100, num_images=4, image_size=64),
 ]
 default_hooks = dict(logger=dict(interval=10), checkpoint=dict(interval=100))
+# one image for FeatureExtractor / visualize_features.py: the 64 px of the global crops
+test_pipeline = [
+    dict(type='LoadImageFromFile'),
+    dict(type='Resize', scale=(64, 64)),
+    dict(type='PackInputs'),
+]
