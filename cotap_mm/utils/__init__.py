@@ -6,7 +6,7 @@ from .checkpoint import (UnsafeCheckpointError, checkpoint_problem, find_resumab
                          from_plain, install_safe_local_loader, safe_torch_load, to_plain,
                          trust_checkpoint, trusted_checkpoint)
 from .divergence import DivergenceError
-from .launch import adapt_cfg_for_launcher
+from .launch import adapt_cfg_for_launcher, set_cpu_threads
 from .openmmlab_compat import install_openmmlab_compat
 from .start_weights import StartWeightsError
 
@@ -17,5 +17,5 @@ __all__ = [
     'UnsafeCheckpointError', 'from_plain', 'install_safe_local_loader', 'safe_torch_load', 'to_plain',
     'trust_checkpoint', 'trusted_checkpoint', 'adapt_cfg_for_launcher', 'atomic_torch_save',
     'atomic_write_text', 'checkpoint_problem', 'find_resumable_checkpoint', 'DivergenceError',
-    'StartWeightsError', 'install_openmmlab_compat'
+    'StartWeightsError', 'install_openmmlab_compat', 'set_cpu_threads'
 ]

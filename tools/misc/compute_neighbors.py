@@ -46,8 +46,11 @@ import os.path as osp
 import sys
 from typing import List, Optional, Sequence, Tuple
 
-sys.path.insert(0, osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))))
-
+try:
+    import cotap_mm  # noqa: F401  (registers modules, installs the safe checkpoint loader)
+except ModuleNotFoundError as err:  # not the project's environment, e.g. the system python
+    sys.exit(f'tools/misc/compute_neighbors.py: {err} in {sys.executable}: use the cotap_mm '
+             'environment (`source .venv/bin/activate` after `make setup`, or .venv/bin/python)')
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from mmengine import dist  # noqa: E402
@@ -57,7 +60,6 @@ from mmengine.utils import ProgressBar  # noqa: E402
 from PIL import Image  # noqa: E402
 from torch.utils.data import DataLoader, Dataset  # noqa: E402
 
-import cotap_mm  # noqa: E402,F401  (registers modules, installs the safe checkpoint loader)
 from cotap_mm.datasets.coco_unlabeled import UnlabeledImageDataset  # noqa: E402
 from cotap_mm.datasets.neighbors import (knn_cosine, knn_cosine_self_first,  # noqa: E402
                                          relative_key, write_neighbors)
