@@ -107,8 +107,10 @@ def _split(state: Mapping[str, object], prefix: str) -> Tuple[dict, dict]:
 
 
 def _groups(keys: Sequence[str]) -> str:
-    """``teacher (230), neck (7)``: keys counted per top-level module, largest first."""
-    return ', '.join(f'{k} ({v})' for k, v in Counter(key.split('.')[0] for key in keys).most_common())
+    """``teacher (230), neck (7), buffers (5)``: keys counted per top-level module, largest first;
+    the model's own tensors (no module, e.g. ``loss_iter``) count as ``buffers``."""
+    counts = Counter(key.split('.')[0] if '.' in key else 'buffers' for key in keys)
+    return ', '.join(f'{k} ({v})' for k, v in counts.most_common())
 
 
 def summarize_start_weights(report: KeyReport, outside: Optional[KeyReport], part: str, what: str,

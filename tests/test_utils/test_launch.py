@@ -58,7 +58,7 @@ def test_cpu_threads_one_per_process_unless_chosen(restore_threads, tmp_path):
     assert torch.get_num_threads() == 2 and log.read_text() == ''
     assert set_cpu_threads({}, cuda=False) == 1
     assert torch.get_num_threads() == 1
-    assert ('CPU run without OMP_NUM_THREADS: 1 torch thread per process (PyTorch default here: 2;'
+    assert ('CPU run without OMP_NUM_THREADS: 1 torch thread per process (PyTorch default here: 2,'
             in log.read_text())
 
 

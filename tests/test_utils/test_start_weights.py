@@ -59,14 +59,14 @@ def test_summary_groups_the_new_modules_and_keeps_every_key_at_debug(tmp_path):
     MMLogger.get_instance('start_weights_debug', log_file=str(log), log_level=logging.DEBUG)
     model = {'backbone.a': torch.zeros(1), 'backbone.b': torch.zeros(1), 'neck.p': torch.zeros(1),
              'teacher.backbone.a': torch.zeros(1), 'teacher.backbone.b': torch.zeros(1),
-             'teacher.neck.p': torch.zeros(1)}
+             'teacher.neck.p': torch.zeros(1), 'loss_iter': torch.zeros(())}
     ckpt = {'backbone.a': torch.ones(1), 'backbone.b': torch.ones(1), 'extra.w': torch.ones(1)}
     check_start_weights(model, ckpt, source='s.pth', what='load_from', logger='start_weights_debug')
     lines = log.read_text().splitlines()
     info = [l for l in lines if 'INFO' in l]
     assert len(info) == 1 and info[0].endswith(
         'load_from s.pth: backbone 2/2 keys loaded; not in the checkpoint, initialised by the '
-        'model: teacher (3), neck (1)')
+        'model: teacher (3), neck (1), buffers (1)')
     warn = [l for l in lines if 'WARNING' in l]
     assert len(warn) == 1 and '1 keys of s.pth not in the model (ignored): extra.w' in warn[0]
     debug = '\n'.join(l for l in lines if 'DEBUG' in l)

@@ -57,12 +57,14 @@ def test_wrong_architecture_starts_are_refused(tmp_path):
 
 def _grouped_new_keys(model_keys, ckpt_keys) -> str:
     """``teacher (n), neck (m), ...``: model keys outside the backbone that the checkpoint lacks,
-    counted per top-level module (largest first, ties in model order)."""
+    counted per top-level module (largest first, ties in model order; the model's own tensors as
+    ``buffers``)."""
     counts = {}
     for key in model_keys:
         if not key.startswith('backbone.') and key not in ckpt_keys \
                 and not key.endswith('num_batches_tracked'):
-            counts[key.split('.')[0]] = counts.get(key.split('.')[0], 0) + 1
+            group = key.split('.')[0] if '.' in key else 'buffers'  # e.g. loss_iter
+            counts[group] = counts.get(group, 0) + 1
     order = sorted(counts, key=lambda k: -counts[k])
     return ', '.join(f'{k} ({counts[k]})' for k in order)
 
