@@ -195,21 +195,23 @@ def check_start_weights(model: Mapping[str, object], ckpt: Mapping[str, object],
 
 
 def quiet_mmengine_load(state: MutableMapping[str, object], model: Mapping[str, object]) -> None:
-    """Make a checkpoint's state dict match ``model`` by name, so that MMEngine's
-    ``load_state_dict`` (``strict=False``) has no 200-name "missing keys" line to print.
+    """Spare the console MMEngine's one-line list of every key a start checkpoint lacks.
 
-    Keys the model has and the checkpoint lacks get the model's own tensors (loading them is a
-    no-op: the model keeps its initialisation, as MMEngine would); keys the model lacks are
-    removed (MMEngine ignores them). Call after :func:`check_start_weights` has logged both.
+    MMEngine's ``load_state_dict`` (``strict=False``) prints the name of every missing key (about
+    230 for a DINO start of CoTAP: the teacher, the filter, the heads). Here the keys of every
+    top-level module the checkpoint has *no* key of (e.g. ``teacher``, ``neck``, ``patch_head``,
+    the model's own buffers) get the model's own tensors: loading them is a no-op, the model keeps
+    its initialisation, as MMEngine would. A module the checkpoint has some keys of is left alone
+    (a partial or older layout stays visible, and a module's own ``_load_from_state_dict`` still
+    sees exactly what the file holds), and no key is removed. Call after
+    :func:`check_start_weights` has logged what differs.
 
     Args:
         state (MutableMapping): the checkpoint's state dict, changed in place; a ``module.``
             prefix (DDP) is understood.
         model (Mapping): the model's state dict (tensors shared with the model).
     """
-    bare = {re.sub(r'^module\.', '', k): k for k in state}
-    for key in [k for b, k in bare.items() if b not in model]:
-        del state[key]
+    present = {re.sub(r'^module\.', '', k).split('.')[0] for k in state}
     for key, value in model.items():
-        if key not in bare:
+        if key.split('.')[0] not in present:
             state[key] = value

@@ -78,14 +78,19 @@ def test_quiet_mmengine_load_leaves_the_model_as_mmengine_would():
     from mmengine.runner.checkpoint import _load_checkpoint_to_model
     from torch import nn
     torch.manual_seed(0)
-    model = nn.ModuleDict(dict(backbone=nn.Linear(2, 3), head=nn.Linear(3, 1)))
+    model = nn.ModuleDict(dict(backbone=nn.Linear(2, 3), head=nn.Linear(3, 1),
+                               neck=nn.Linear(3, 3)))
     before = {k: v.clone() for k, v in model.state_dict().items()}
     ckpt = {'state_dict': {'module.backbone.weight': torch.ones(3, 2),
-                           'module.backbone.bias': torch.ones(3), 'junk': torch.ones(1)}}
+                           'module.backbone.bias': torch.ones(3), 'junk': torch.ones(1),
+                           'neck.weight': torch.ones(3, 3)}}
     quiet_mmengine_load(ckpt['state_dict'], model.state_dict())
-    assert set(ckpt['state_dict']) == {'module.backbone.weight', 'module.backbone.bias',
-                                       'head.weight', 'head.bias'}
-    _load_checkpoint_to_model(model, ckpt, strict=True)  # nothing missing, nothing unexpected
+    # head: no key in the file -> the model's own; neck: partly there -> untouched; nothing removed
+    assert set(ckpt['state_dict']) == {'module.backbone.weight', 'module.backbone.bias', 'junk',
+                                       'neck.weight', 'head.weight', 'head.bias'}
+    _load_checkpoint_to_model(model, ckpt, strict=False)
     assert torch.equal(model.backbone.weight, torch.ones(3, 2))
+    assert torch.equal(model.neck.weight, torch.ones(3, 3))
+    assert torch.equal(model.neck.bias, before['neck.bias'])
     assert torch.equal(model.head.weight, before['head.weight'])
     assert torch.equal(model.head.bias, before['head.bias'])
