@@ -194,24 +194,35 @@ def check_start_weights(model: Mapping[str, object], ckpt: Mapping[str, object],
     return report
 
 
+def _module_paths(keys: Sequence[str]) -> set:
+    """Every module path a key lies under, and the key itself: ``a.b.c`` -> ``a``, ``a.b``,
+    ``a.b.c``."""
+    paths = set()
+    for key in keys:
+        parts = key.split('.')
+        paths.update('.'.join(parts[:i]) for i in range(1, len(parts) + 1))
+    return paths
+
+
 def quiet_mmengine_load(state: MutableMapping[str, object], model: Mapping[str, object]) -> None:
     """Spare the console MMEngine's one-line list of every key a start checkpoint lacks.
 
     MMEngine's ``load_state_dict`` (``strict=False``) prints the name of every missing key (about
-    230 for a DINO start of CoTAP: the teacher, the filter, the heads). Here the keys of every
-    top-level module the checkpoint has *no* key of (e.g. ``teacher``, ``neck``, ``patch_head``,
-    the model's own buffers) get the model's own tensors: loading them is a no-op, the model keeps
-    its initialisation, as MMEngine would. A module the checkpoint has some keys of is left alone
-    (a partial or older layout stays visible, and a module's own ``_load_from_state_dict`` still
-    sees exactly what the file holds), and no key is removed. Call after
-    :func:`check_start_weights` has logged what differs.
+    230 for a DINO start of CoTAP: the teacher's filter and heads, the student's, the queues). Here
+    every model key whose module the checkpoint holds nothing of (no key of that module, nor a key
+    of that name, e.g. ``teacher.neck.*`` from a DINO checkpoint) gets the model's own tensor:
+    loading it is a no-op, the model keeps its initialisation, as MMEngine would. Keys of a module
+    the checkpoint has some keys of are left alone (a partial or older layout stays visible, and a
+    module's ``_load_from_state_dict`` converting an older layout, e.g. a ``proto_bank`` tensor to
+    ``proto_bank.queue``, still sees exactly what the file holds there); no key is removed. Call
+    after :func:`check_start_weights` has logged what differs.
 
     Args:
         state (MutableMapping): the checkpoint's state dict, changed in place; a ``module.``
             prefix (DDP) is understood.
         model (Mapping): the model's state dict (tensors shared with the model).
     """
-    present = {re.sub(r'^module\.', '', k).split('.')[0] for k in state}
+    held = _module_paths([re.sub(r'^module\.', '', k) for k in state])
     for key, value in model.items():
-        if key.split('.')[0] not in present:
+        if key.rsplit('.', 1)[0] not in held:
             state[key] = value

@@ -79,18 +79,26 @@ def test_quiet_mmengine_load_leaves_the_model_as_mmengine_would():
     from torch import nn
     torch.manual_seed(0)
     model = nn.ModuleDict(dict(backbone=nn.Linear(2, 3), head=nn.Linear(3, 1),
-                               neck=nn.Linear(3, 3)))
+                               neck=nn.Linear(3, 3),
+                               teacher=nn.ModuleDict(dict(backbone=nn.Linear(2, 3),
+                                                          head=nn.Linear(3, 1)))))
+    model.register_buffer('bank', torch.zeros(2))
     before = {k: v.clone() for k, v in model.state_dict().items()}
     ckpt = {'state_dict': {'module.backbone.weight': torch.ones(3, 2),
                            'module.backbone.bias': torch.ones(3), 'junk': torch.ones(1),
-                           'neck.weight': torch.ones(3, 3)}}
+                           'neck.weight': torch.ones(3, 3), 'teacher.backbone.weight': torch.ones(3, 2),
+                           'bank.queue': torch.ones(2)}}
     quiet_mmengine_load(ckpt['state_dict'], model.state_dict())
-    # head: no key in the file -> the model's own; neck: partly there -> untouched; nothing removed
-    assert set(ckpt['state_dict']) == {'module.backbone.weight', 'module.backbone.bias', 'junk',
-                                       'neck.weight', 'head.weight', 'head.bias'}
+    # head, teacher.head: nothing of them in the file -> the model's own tensors; neck and
+    # teacher.backbone (partly there) and bank (an older layout under its name) untouched;
+    # nothing removed
+    assert set(ckpt['state_dict']) == {
+        'module.backbone.weight', 'module.backbone.bias', 'junk', 'neck.weight', 'bank.queue',
+        'teacher.backbone.weight', 'head.weight', 'head.bias', 'teacher.head.weight',
+        'teacher.head.bias'}
     _load_checkpoint_to_model(model, ckpt, strict=False)
     assert torch.equal(model.backbone.weight, torch.ones(3, 2))
     assert torch.equal(model.neck.weight, torch.ones(3, 3))
     assert torch.equal(model.neck.bias, before['neck.bias'])
-    assert torch.equal(model.head.weight, before['head.weight'])
-    assert torch.equal(model.head.bias, before['head.bias'])
+    for key in ('head.weight', 'head.bias', 'teacher.head.weight', 'teacher.head.bias', 'bank'):
+        assert torch.equal(model.state_dict()[key], before[key])
