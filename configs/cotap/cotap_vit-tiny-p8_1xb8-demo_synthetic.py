@@ -71,9 +71,14 @@ param_scheduler = [
 ]
 train_cfg = dict(type='IterBasedTrainLoop', max_iters=max_iters)
 custom_hooks = [
-    dict(type='EMATeacherHook', momentum=0.996, end_momentum=1.0, teacher_name='teacher',
-         student_name='student', init_flag_name='teacher_initialized'),
+    dict(type='EMATeacherHook', momentum=0.996, end_momentum=1.0),
     # PCA / similarity pictures of the filtered patch features, in WORK_DIR/feature_vis
     dict(type='FeatureVisualizationHook', interval=100, num_images=4, image_size=64),
 ]
 default_hooks = dict(logger=dict(interval=10), checkpoint=dict(interval=100))
+# one image for FeatureExtractor / visualize_features.py: the 64 px of the global crops
+test_pipeline = [
+    dict(type='LoadImageFromFile'),
+    dict(type='Resize', scale=(64, 64)),
+    dict(type='PackInputs'),
+]

@@ -1,10 +1,10 @@
 """Refuse ``load_from`` / resume checkpoints whose backbone does not fit the model."""
-import re
 
 from mmengine.hooks import Hook
 from mmpretrain.registry import HOOKS
 
 from cotap_mm.utils.start_weights import check_start_weights, quiet_mmengine_load
+from cotap_mm.utils.state_dict import find_state_dict
 from .atomic_checkpoint_hook import unwrap
 
 
@@ -35,13 +35,13 @@ class StartWeightsHook(Hook):
         self.checked_prefix = str(checked_prefix)
 
     def after_load_checkpoint(self, runner, checkpoint: dict) -> None:
-        raw = checkpoint.get('state_dict', checkpoint)
-        state = {re.sub(r'^module\.', '', k): v for k, v in raw.items()}
+        state = find_state_dict(checkpoint, str(runner._load_from))
         what = 'resume' if runner._resume else 'load_from'
         model_state = unwrap(runner.model).state_dict()
         check_start_weights(model_state, state, source=str(runner._load_from), strict=self.strict,
                             checked_prefix=self.checked_prefix, what=what)
-        quiet_mmengine_load(raw, model_state)  # logged above: MMEngine need not list every key
+        # logged above: MMEngine need not list every key (the dict it loads, by its own rule)
+        quiet_mmengine_load(checkpoint.get('state_dict', checkpoint), model_state)
 
 
 __all__ = ['StartWeightsHook']

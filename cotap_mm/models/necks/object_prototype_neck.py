@@ -4,7 +4,7 @@ CoTAP: "Semantic Concentration for Self-Supervised Dense Representations Learnin
 https://arxiv.org/abs/2509.09429 (official code: github.com/KID-7391/CoTAP,
 ``models/vit/vision_transformer_depth.py``, ``Block.forward_kernel``).
 """
-from typing import Optional, Sequence, Tuple
+from typing import NamedTuple, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
@@ -13,13 +13,14 @@ from mmengine.model import BaseModule
 from mmengine.model.weight_init import trunc_normal_
 from mmpretrain.registry import MODELS
 
+from ..utils.host_state import HostMirrorMixin
 from .prototype_ops import kmeans_prototypes, prototype_conv_scores
 
-__all__ = ['ObjectPrototypeNeck']
+__all__ = ['ObjectPrototypeNeck', 'FilteredTokens', 'filtered_forward', 'tokens_to_map']
 
 
 @MODELS.register_module()
-class ObjectPrototypeNeck(BaseModule):
+class ObjectPrototypeNeck(HostMirrorMixin, BaseModule):
     """Object-aware filter of CoTAP: the last ViT block applied again, with cross-attention to
     learnable spatial prototypes in place of self-attention.
 
@@ -78,7 +79,7 @@ class ObjectPrototypeNeck(BaseModule):
         self.norm_in = nn.LayerNorm(embed_dims, eps=norm_eps)
         self.norm_out_patch = nn.LayerNorm(2 * embed_dims, eps=norm_eps)
         self.norm_out_cls = nn.LayerNorm(2 * embed_dims, eps=norm_eps)
-        self.register_buffer('prototypes_initialized', torch.tensor(False))
+        self.register_mirrored_buffer('prototypes_initialized', False)
 
     @property
     def out_channels(self) -> int:
@@ -86,6 +87,12 @@ class ObjectPrototypeNeck(BaseModule):
         return 2 * self.embed_dims
 
     # ------------------------------------------------------------------ prototypes
+    @property
+    def initialized(self) -> bool:
+        """Whether the prototypes were set (k-means or loaded): the host copy of
+        ``prototypes_initialized``, read without a device sync."""
+        return self.host_value('prototypes_initialized')
+
     @torch.no_grad()
     def load_prototypes_(self, prototypes: torch.Tensor) -> None:
         """Copy given prototypes [M, C, K, K] in and mark them initialised."""
@@ -93,7 +100,11 @@ class ObjectPrototypeNeck(BaseModule):
             raise ValueError(f'prototypes must have shape {tuple(self.prototypes.shape)}, got '
                              f'{tuple(prototypes.shape)}')
         self.prototypes.copy_(prototypes.to(self.prototypes))
-        self.prototypes_initialized.fill_(True)
+        self.mark_initialized()
+
+    def mark_initialized(self) -> None:
+        """Set ``prototypes_initialized`` (buffer and host copy)."""
+        self.set_host_value('prototypes_initialized', True)
 
     @torch.no_grad()
     def init_prototypes_(self, bank: torch.Tensor, iters: int = 3000, seed: int = 0,
@@ -182,3 +193,37 @@ class ObjectPrototypeNeck(BaseModule):
         cls = self.norm_out_cls(torch.cat([y[:, 0], z[:, 0]], dim=-1))
         patches = self.norm_out_patch(torch.cat([y[:, 1:], z[:, 1:]], dim=-1))
         return cls, patches
+
+
+class FilteredTokens(NamedTuple):
+    """Output of :func:`filtered_forward`."""
+    tokens: torch.Tensor  # tokens entering the last block [R, 1+N, C]
+    hw: Tuple[int, int]  # patch grid, N = h * w
+    cls: torch.Tensor  # [R, 2C]
+    patches: torch.Tensor  # [R, N, 2C]
+
+
+def filtered_forward(backbone: nn.Module, neck: ObjectPrototypeNeck, x: torch.Tensor,
+                     **edits: torch.Tensor) -> FilteredTokens:
+    """Images through the backbone up to its last block, then the last block and the filter.
+
+    The one place that wires :meth:`CoTAPViT.forward_tokens` (``edits``: its token edits) to
+    :class:`ObjectPrototypeNeck`; CoTAP's training step, ``CoTAP.extract_feat`` and
+    :class:`CoTAPFilteredViT` all use it.
+
+    Args:
+        backbone (nn.Module): :class:`CoTAPViT`.
+        neck (ObjectPrototypeNeck): the filter.
+        x (Tensor): images [R, 3, H, W].
+        **edits: ``replace``, ``donor_index``, ``mim_mask``, ``mask_token``.
+    """
+    tokens, hw, _ = backbone.forward_tokens(x, stop_before_last=True, **edits)
+    cls, patches = neck(tokens, hw, backbone.last_block)
+    return FilteredTokens(tokens, tuple(hw), cls, patches)
+
+
+def tokens_to_map(patches: torch.Tensor, hw: Sequence[int]) -> torch.Tensor:
+    """Patch tokens [B, N, D] (row-major) -> a feature map [B, D, h, w]."""
+    B, N, D = patches.shape
+    return patches.transpose(1, 2).reshape(B, D, int(hw[0]), int(hw[1]))
+
