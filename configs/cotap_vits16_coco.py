@@ -2,9 +2,12 @@
 # run, CoTAP post-pretraining of DINO ViT-S/16 on COCO train2017 (patch terms) + ImageNet-1k train
 # (CLS terms) with 7-NN neighbour files, 240k iterations, i.e.
 #   configs/cotap/cotap_vit-small-p16-dino_4xb28-240k_coco-in1k.py
-# (data, checkpoint conversion and neighbour-file commands in its header). "coco" in the name: COCO
-# is the paper's main (scene-centric) data; COCO alone:
-#   configs/cotap/cotap_vit-small-p16_4xb28-240k_coco.py.
+# (data, checkpoint conversion and neighbour-file commands in its header).
+# It needs BOTH data sets, data/coco/train2017/*.jpg and data/imagenet/train/<wnid>/*.JPEG, and a
+# neighbour file for each. "coco" in the name: COCO is the paper's main (scene-centric) data.
+# Without ImageNet, run the COCO-only config (the CLS terms and the prototype bank then use the
+# COCO images):
+#   configs/cotap/cotap_vit-small-p16_4xb28-240k_coco.py
 # The official run is 4 GPUs x 28 (`tools/dist_train.sh configs/cotap_vits16_coco.py 4`); on 8 GPUs the
 # global batch doubles (the queues keep their total size). To keep 112 anchors per step on 8 GPUs add
 # --cfg-options train_dataloader.batch_size=14 (the CoTAP ranking and the neighbour pairs stay per GPU,

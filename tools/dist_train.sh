@@ -2,6 +2,12 @@
 # Distributed training with torchrun: tools/dist_train.sh CONFIG GPUS [train.py args...]
 # Multi-node: NNODES=2 NODE_RANK=0|1 MASTER_ADDR=host PORT=29500 tools/dist_train.sh CONFIG GPUS
 # Works with GPUs (nccl, one process per GPU) and on CPU-only machines (gloo, GPUS processes).
+# Python: $PYTHON, else the activated virtualenv, else $COTAP_VENV or the repository's .venv
+# (`make setup`), else python3 on PATH if it has torch and cotap_mm (tools/_python_env.sh).
+if [ $# -lt 2 ]; then
+    echo "usage: $0 CONFIG GPUS [tools/train.py args...]" >&2
+    exit 2
+fi
 CONFIG=$1
 GPUS=$2
 NNODES=${NNODES:-1}
@@ -9,7 +15,9 @@ NODE_RANK=${NODE_RANK:-0}
 PORT=${PORT:-29500}
 MASTER_ADDR=${MASTER_ADDR:-"127.0.0.1"}
 DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-PYTHON=${PYTHON:-python}
+# shellcheck source=tools/_python_env.sh
+source "$DIR/_python_env.sh"
+cotap_pick_python "$(cd "$DIR/.." && pwd)"
 
 PYTHONPATH="$DIR/..":${PYTHONPATH:-} \
 OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} \

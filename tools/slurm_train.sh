@@ -1,7 +1,12 @@
 #!/usr/bin/env bash
 # Training on a Slurm cluster: tools/slurm_train.sh PARTITION JOB_NAME CONFIG WORK_DIR [train.py args...]
 # GPUS (total, default 8), GPUS_PER_NODE (default 8), CPUS_PER_TASK (default 5), SRUN_ARGS as in OpenMMLab.
-set -x
+# Python: $PYTHON, else the activated virtualenv, else $COTAP_VENV or the repository's .venv
+# (`make setup`), else python3 on PATH if it has torch and cotap_mm (tools/_python_env.sh).
+if [ $# -lt 4 ]; then
+    echo "usage: $0 PARTITION JOB_NAME CONFIG WORK_DIR [tools/train.py args...]" >&2
+    exit 2
+fi
 PARTITION=$1
 JOB_NAME=$2
 CONFIG=$3
@@ -12,7 +17,10 @@ CPUS_PER_TASK=${CPUS_PER_TASK:-5}
 SRUN_ARGS=${SRUN_ARGS:-""}
 PY_ARGS=${@:5}
 DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-PYTHON=${PYTHON:-python}
+# shellcheck source=tools/_python_env.sh
+source "$DIR/_python_env.sh"
+cotap_pick_python "$(cd "$DIR/.." && pwd)"
+set -x
 
 PYTHONPATH="$DIR/..":${PYTHONPATH:-} \
 srun -p "${PARTITION}" \

@@ -1,13 +1,19 @@
-"""Evaluate a checkpoint with MMEngine's runner (the OpenMMLab ``tools/test.py``)."""
+"""Evaluate a checkpoint with MMEngine's runner (the OpenMMLab ``tools/test.py``).
+
+Run it with the project's Python (``source .venv/bin/activate``, or ``.venv/bin/python``), or
+through ``tools/dist_test.sh``, which picks it.
+"""
 import argparse
 import os
 import os.path as osp
 import sys
 
-sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
-
-import cotap_mm  # noqa: E402,F401
-from cotap_mm.utils import adapt_cfg_for_launcher, trust_checkpoint  # noqa: E402
+try:
+    import cotap_mm  # noqa: F401  (registers modules, installs the safe checkpoint loader)
+except ModuleNotFoundError as err:  # not the project's environment, e.g. the system python
+    sys.exit(f'tools/test.py: {err} in {sys.executable}: use the cotap_mm environment '
+             '(`source .venv/bin/activate` after `make setup`, or .venv/bin/python)')
+from cotap_mm.utils import adapt_cfg_for_launcher, set_cpu_threads, trust_checkpoint  # noqa: E402
 from mmengine.config import Config, DictAction  # noqa: E402
 from mmengine.runner import Runner  # noqa: E402
 
@@ -45,6 +51,7 @@ def main(argv=None) -> dict:
     cfg.load_from = args.checkpoint
     adapt_cfg_for_launcher(cfg, args.launcher)
     runner = Runner.from_cfg(cfg)
+    set_cpu_threads()
     metrics = runner.test()
     if args.out is not None:
         import json

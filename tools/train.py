@@ -2,20 +2,26 @@
 
 Examples::
 
-    python tools/train.py configs/cotap/cotap_vit-tiny_1xb8-demo_synthetic.py --work-dir work_dirs/demo
+    python tools/train.py configs/cotap/cotap_vit-tiny-p8_1xb8-demo_synthetic.py --work-dir work_dirs/demo
     tools/dist_train.sh configs/cotap_vits16_coco.py 8            # one node, 8 GPUs (or 8 CPU processes)
     python tools/train.py CONFIG --resume                         # resume from the latest checkpoint
     python tools/train.py CONFIG --resume work_dirs/x/iter_100.pth
+
+Run it with the project's Python (``source .venv/bin/activate`` once, or ``.venv/bin/python``);
+the wrappers ``tools/dist_train.sh`` / ``slurm_train.sh`` pick it themselves. On a machine without
+CUDA and without ``OMP_NUM_THREADS`` each process uses one torch thread (logged).
 """
 import argparse
 import os
 import os.path as osp
 import sys
 
-sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))  # run from a checkout too
-
-import cotap_mm  # noqa: E402,F401  (registers modules, installs the safe checkpoint loader)
-from cotap_mm.utils import adapt_cfg_for_launcher, trust_checkpoint  # noqa: E402
+try:
+    import cotap_mm  # noqa: F401  (registers modules, installs the safe checkpoint loader)
+except ModuleNotFoundError as err:  # not the project's environment, e.g. the system python
+    sys.exit(f'tools/train.py: {err} in {sys.executable}: use the cotap_mm environment '
+             '(`source .venv/bin/activate` after `make setup`, or .venv/bin/python)')
+from cotap_mm.utils import adapt_cfg_for_launcher, set_cpu_threads, trust_checkpoint  # noqa: E402
 from mmengine.config import Config, DictAction  # noqa: E402
 from mmengine.runner import Runner  # noqa: E402
 
@@ -104,6 +110,7 @@ def main(argv=None) -> None:
     cfg = merge_args(cfg, args)
     adapt_cfg_for_launcher(cfg, args.launcher)
     runner = Runner.from_cfg(cfg)
+    set_cpu_threads()  # logged by the runner's logger
     runner.train()
 
 

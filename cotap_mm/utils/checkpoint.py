@@ -115,6 +115,16 @@ def safe_torch_load(filename: Union[str, os.PathLike],
                          f'({type(e).__name__}: {e})') from e
 
 
+def load_checkpoint_file(filename: Union[str, os.PathLike], trust: bool = False,
+                         map_location: Any = 'cpu') -> Any:
+    """:func:`safe_torch_load`; ``trust=True`` (a tool's ``--trust-checkpoint``) fully unpickles
+    this one file."""
+    if trust:
+        with trusted_checkpoint(filename):
+            return safe_torch_load(filename, map_location=map_location)
+    return safe_torch_load(filename, map_location=map_location)
+
+
 def blocked_globals(filename: str, message: str = '') -> List[str]:
     """Every global a ``weights_only=True`` load of ``filename`` refuses.
 

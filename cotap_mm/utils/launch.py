@@ -3,9 +3,12 @@
 mmengine 0.10.7's ``init_dist('pytorch')`` always calls ``torch.cuda.set_device``, which fails on a
 CPU-only machine, and its default DDP wrapper passes ``device_ids=[LOCAL_RANK]``. With CUDA present
 nothing here changes anything (nccl, one GPU per process, as mmengine does it).
+:func:`set_cpu_threads` gives a CPU run one torch thread per process unless ``OMP_NUM_THREADS`` says
+otherwise.
 """
 import logging
 import os
+from typing import Mapping, Optional
 
 import torch
 import torch.distributed as torch_dist
@@ -95,3 +98,31 @@ def shutdown_process_group() -> None:
     """
     if torch_dist.is_available() and torch_dist.is_initialized():
         torch_dist.destroy_process_group()
+
+
+def set_cpu_threads(environ: Optional[Mapping[str, str]] = None,
+                    cuda: Optional[bool] = None) -> int:
+    """One PyTorch thread per process for a CPU run that did not choose (no ``OMP_NUM_THREADS``).
+
+    PyTorch's default (a thread per core in every process) was 6-10x slower per iteration than one
+    thread on a shared 2-core machine (tiny CoTAP config, load average ~7; earlier, at lighter load,
+    2-3x); ``tools/dist_train.sh`` sets ``OMP_NUM_THREADS=1`` for the same reason. With CUDA, or
+    with ``OMP_NUM_THREADS`` set, nothing changes. The choice is logged.
+
+    Args:
+        environ (Mapping, optional): the environment. Defaults to ``os.environ``.
+        cuda (bool, optional): whether CUDA is used. Defaults to ``torch.cuda.is_available()``.
+
+    Returns:
+        int: the thread count now in effect.
+    """
+    environ = os.environ if environ is None else environ
+    cuda = torch.cuda.is_available() if cuda is None else cuda
+    if cuda or environ.get('OMP_NUM_THREADS'):
+        return torch.get_num_threads()
+    default = torch.get_num_threads()
+    torch.set_num_threads(1)
+    print_log(f'CPU run without OMP_NUM_THREADS: 1 torch thread per process (PyTorch default here: '
+              f'{default}, several times slower on shared cores); set OMP_NUM_THREADS=N to choose',
+              logger='current', level=logging.INFO)
+    return 1

@@ -5,17 +5,22 @@ prints key mismatches to the console only, so a DINO-tiny checkpoint, a ViT-S/16
 or a file of unrelated keys "loads" and the run trains from random initialisation.
 :func:`compare_state_dicts` lists what differs; :func:`check_start_weights` raises
 :class:`StartWeightsError` when keys of the checked part (the backbone) are missing from the
-checkpoint or shaped differently, naming how many and the first few, and writes the whole report
-to the current MMEngine logger (the run's log file) in any case. Keys the checkpoint has beyond the
-model are reported, not refused (a deeper teacher's extra heads, a published file's neck).
+checkpoint or shaped differently, naming how many and the first few, and writes one summary line
+to the current MMEngine logger (the run's log file) in any case (``load_from X: backbone 150/150
+keys loaded; not in the checkpoint, initialised by the model: teacher (230), neck (7), ...``), with
+every differing key at DEBUG. Keys the checkpoint has beyond the model are reported, not refused (a
+deeper teacher's extra heads, a published file's neck). :func:`quiet_mmengine_load` then spares the
+console MMEngine's own one-line list of every missing key.
 """
 import logging
-from typing import List, Mapping, NamedTuple, Optional, Sequence, Tuple
+import re
+from collections import Counter
+from typing import List, Mapping, MutableMapping, NamedTuple, Optional, Sequence, Tuple
 
 from mmengine.logging import print_log
 
 __all__ = ['StartWeightsError', 'KeyReport', 'compare_state_dicts', 'format_key_report',
-           'check_start_weights']
+           'summarize_start_weights', 'check_start_weights', 'quiet_mmengine_load']
 
 SHOW = 5  # keys named in a message
 
@@ -101,11 +106,43 @@ def _split(state: Mapping[str, object], prefix: str) -> Tuple[dict, dict]:
     return inside, outside
 
 
+def _groups(keys: Sequence[str]) -> str:
+    """``teacher (230), neck (7), buffers (5)``: keys counted per top-level module, largest first;
+    the model's own tensors (no module, e.g. ``loss_iter``) count as ``buffers``."""
+    counts = Counter(key.split('.')[0] if '.' in key else 'buffers' for key in keys)
+    return ', '.join(f'{k} ({v})' for k, v in counts.most_common())
+
+
+def summarize_start_weights(report: KeyReport, outside: Optional[KeyReport], part: str, what: str,
+                            source: str) -> str:
+    """One line: ``load_from X: backbone 150/150 keys loaded; not in X, initialised by the model:
+    teacher (230), neck (7), patch_head (6), cls_head (6)``.
+
+    Args:
+        report (KeyReport): of the checked part.
+        outside (KeyReport, optional): of the rest of the model (None: the whole model was checked).
+        part (str): name of the checked part (``'backbone'``, ``'model'``).
+        what (str): what is loaded (``'load_from'``).
+        source (str): the checkpoint's name.
+    """
+    total = len(report.matched) + len(report.missing) + len(report.mismatched)
+    line = f'{what} {source}: {part} {len(report.matched)}/{total} keys loaded'
+    if outside is not None and outside.missing:
+        line += f'; not in the checkpoint, initialised by the model: {_groups(outside.missing)}'
+    return line
+
+
 def check_start_weights(model: Mapping[str, object], ckpt: Mapping[str, object], source: str,
                         strict: bool = True, checked_prefix: str = 'backbone.',
                         what: str = 'start weights',
                         logger: Optional[str] = 'current') -> KeyReport:
-    """Refuse start weights whose checked part does not fit; log every difference.
+    """Refuse start weights whose checked part does not fit; log what loaded in one line.
+
+    Logged: one INFO summary (:func:`summarize_start_weights`: the checked part's keys loaded, and
+    per module the keys of the rest of the model the checkpoint lacks, e.g. the new heads and
+    teacher of a post-pretraining start), a WARNING per kind of real difference (checked keys
+    missing or mis-shaped, any key shaped differently, checkpoint keys the model lacks) with counts
+    and the first few keys, and every differing key at DEBUG.
 
     Args:
         model (Mapping): the model's state dict.
@@ -131,19 +168,61 @@ def check_start_weights(model: Mapping[str, object], ckpt: Mapping[str, object],
     part = f'{what} ({checked_prefix}*)' if checked_prefix else what
     report = compare_state_dicts(m_in, c_in)
     lines = format_key_report(report, part, source)
-    rest = format_key_report(compare_state_dicts(m_out, c_out), f'{what} (outside '
-                             f'{checked_prefix}*)', source) if checked_prefix else []
-    bad = bool(report.missing or report.mismatched)
+    outside = compare_state_dicts(m_out, c_out) if checked_prefix else None
+    rest = []
+    if outside is not None:  # the new modules of a start are expected: in the summary only
+        rest = format_key_report(outside._replace(missing=[]), f'{what} (outside '
+                                 f'{checked_prefix}*)', source)
     for line in lines + rest:
         print_log(line, logger=logger, level=logging.WARNING)
-    if bad and strict:
-        raise StartWeightsError(
-            f'{source} does not fit the model: ' + '; '.join(lines[:2]) + '. Check the config '
-            '(arch, patch_size, img_size) against the checkpoint, or convert it first '
-            '(tools/model_converters/vit2cotap.py). To load a partial start on purpose set '
-            'strict=False (init_cfg=dict(type=\'Pretrained\', ..., strict=False), or '
-            "default_hooks.start_weights=dict(type='StartWeightsHook', strict=False) for "
-            'load_from).')
-    if not bad:
-        print_log(f'{part}: all {len(report.matched)} keys loaded from {source}', logger=logger)
+    print_log(summarize_start_weights(report, outside, checked_prefix.rstrip('.') or 'model', what,
+                                      source), logger=logger, level=logging.INFO)
+    for name, rep, prefix in (('checked', report, checked_prefix), ('other', outside, '')):
+        if rep is not None and (rep.missing or rep.unexpected):
+            print_log(f'{what} {source}, {name} part: missing from the checkpoint: '
+                      f'{[prefix + k for k in rep.missing]}; not in the model: '
+                      f'{[prefix + k for k in rep.unexpected]}', logger=logger, level=logging.DEBUG)
+    if report.missing or report.mismatched:
+        if strict:
+            raise StartWeightsError(
+                f'{source} does not fit the model: ' + '; '.join(lines[:2]) + '. Check the config '
+                '(arch, patch_size, img_size) against the checkpoint, or convert it first '
+                '(tools/model_converters/vit2cotap.py). To load a partial start on purpose set '
+                'strict=False (init_cfg=dict(type=\'Pretrained\', ..., strict=False), or '
+                "default_hooks.start_weights=dict(type='StartWeightsHook', strict=False) for "
+                'load_from).')
     return report
+
+
+def _module_paths(keys: Sequence[str]) -> set:
+    """Every module path a key lies under, and the key itself: ``a.b.c`` -> ``a``, ``a.b``,
+    ``a.b.c``."""
+    paths = set()
+    for key in keys:
+        parts = key.split('.')
+        paths.update('.'.join(parts[:i]) for i in range(1, len(parts) + 1))
+    return paths
+
+
+def quiet_mmengine_load(state: MutableMapping[str, object], model: Mapping[str, object]) -> None:
+    """Spare the console MMEngine's one-line list of every key a start checkpoint lacks.
+
+    MMEngine's ``load_state_dict`` (``strict=False``) prints the name of every missing key (about
+    230 for a DINO start of CoTAP: the teacher's filter and heads, the student's, the queues). Here
+    every model key whose module the checkpoint holds nothing of (no key of that module, nor a key
+    of that name, e.g. ``teacher.neck.*`` from a DINO checkpoint) gets the model's own tensor:
+    loading it is a no-op, the model keeps its initialisation, as MMEngine would. Keys of a module
+    the checkpoint has some keys of are left alone (a partial or older layout stays visible, and a
+    module's ``_load_from_state_dict`` converting an older layout, e.g. a ``proto_bank`` tensor to
+    ``proto_bank.queue``, still sees exactly what the file holds there); no key is removed. Call
+    after :func:`check_start_weights` has logged what differs.
+
+    Args:
+        state (MutableMapping): the checkpoint's state dict, changed in place; a ``module.``
+            prefix (DDP) is understood.
+        model (Mapping): the model's state dict (tensors shared with the model).
+    """
+    held = _module_paths([re.sub(r'^module\.', '', k) for k in state])
+    for key, value in model.items():
+        if key.rsplit('.', 1)[0] not in held:
+            state[key] = value

@@ -6,7 +6,7 @@ import torch
 from mmengine.logging import MMLogger
 
 from cotap_mm.utils.start_weights import (StartWeightsError, check_start_weights,
-                                          compare_state_dicts)
+                                          compare_state_dicts, quiet_mmengine_load)
 
 
 def _sd(**shapes):
@@ -48,6 +48,57 @@ def test_outside_the_backbone_and_non_strict_differences_are_only_logged(tmp_pat
                                  strict=False, logger='start_weights_test')
     assert report.mismatched == [('w', (5, ), (4, ))]
     text = log.read_text()  # the report reaches the run's log file, not only the console
-    assert 'start weights (outside backbone.*): 1 of 1 keys missing from dino.pth: head.w' in text
-    assert 'all 1 keys loaded from dino.pth' in text
+    assert ('start weights dino.pth: backbone 1/1 keys loaded; not in the checkpoint, initialised '
+            'by the model: head (1)') in text
+    assert 'keys missing' not in text  # the heads a start lacks are expected: no warning
     assert '1 of 1 keys shaped differently in vit_s.pth: w (checkpoint [5] vs model [4])' in text
+
+
+def test_summary_groups_the_new_modules_and_keeps_every_key_at_debug(tmp_path):
+    log = tmp_path / 'debug.log'
+    MMLogger.get_instance('start_weights_debug', log_file=str(log), log_level=logging.DEBUG)
+    model = {'backbone.a': torch.zeros(1), 'backbone.b': torch.zeros(1), 'neck.p': torch.zeros(1),
+             'teacher.backbone.a': torch.zeros(1), 'teacher.backbone.b': torch.zeros(1),
+             'teacher.neck.p': torch.zeros(1), 'loss_iter': torch.zeros(())}
+    ckpt = {'backbone.a': torch.ones(1), 'backbone.b': torch.ones(1), 'extra.w': torch.ones(1)}
+    check_start_weights(model, ckpt, source='s.pth', what='load_from', logger='start_weights_debug')
+    lines = log.read_text().splitlines()
+    info = [l for l in lines if 'INFO' in l]
+    assert len(info) == 1 and info[0].endswith(
+        'load_from s.pth: backbone 2/2 keys loaded; not in the checkpoint, initialised by the '
+        'model: teacher (3), neck (1), buffers (1)')
+    warn = [l for l in lines if 'WARNING' in l]
+    assert len(warn) == 1 and '1 keys of s.pth not in the model (ignored): extra.w' in warn[0]
+    debug = '\n'.join(l for l in lines if 'DEBUG' in l)
+    for key in ('teacher.backbone.a', 'teacher.backbone.b', 'teacher.neck.p', 'neck.p', 'extra.w'):
+        assert repr(key) in debug
+
+
+def test_quiet_mmengine_load_leaves_the_model_as_mmengine_would():
+    from mmengine.runner.checkpoint import _load_checkpoint_to_model
+    from torch import nn
+    torch.manual_seed(0)
+    model = nn.ModuleDict(dict(backbone=nn.Linear(2, 3), head=nn.Linear(3, 1),
+                               neck=nn.Linear(3, 3),
+                               teacher=nn.ModuleDict(dict(backbone=nn.Linear(2, 3),
+                                                          head=nn.Linear(3, 1)))))
+    model.register_buffer('bank', torch.zeros(2))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    ckpt = {'state_dict': {'module.backbone.weight': torch.ones(3, 2),
+                           'module.backbone.bias': torch.ones(3), 'junk': torch.ones(1),
+                           'neck.weight': torch.ones(3, 3), 'teacher.backbone.weight': torch.ones(3, 2),
+                           'bank.queue': torch.ones(2)}}
+    quiet_mmengine_load(ckpt['state_dict'], model.state_dict())
+    # head, teacher.head: nothing of them in the file -> the model's own tensors; neck and
+    # teacher.backbone (partly there) and bank (an older layout under its name) untouched;
+    # nothing removed
+    assert set(ckpt['state_dict']) == {
+        'module.backbone.weight', 'module.backbone.bias', 'junk', 'neck.weight', 'bank.queue',
+        'teacher.backbone.weight', 'head.weight', 'head.bias', 'teacher.head.weight',
+        'teacher.head.bias'}
+    _load_checkpoint_to_model(model, ckpt, strict=False)
+    assert torch.equal(model.backbone.weight, torch.ones(3, 2))
+    assert torch.equal(model.neck.weight, torch.ones(3, 3))
+    assert torch.equal(model.neck.bias, before['neck.bias'])
+    for key in ('head.weight', 'head.bias', 'teacher.head.weight', 'teacher.head.bias', 'bank'):
+        assert torch.equal(model.state_dict()[key], before[key])

@@ -1,7 +1,8 @@
 # Argument handling shared by the benchmark wrappers tools/benchmarks/{mmseg,mmdet}/*.sh: sourced by
 # them, not run. The launch itself is tools/dist_train.sh / tools/dist_test.sh (torchrun; NNODES,
-# NODE_RANK, MASTER_ADDR, PORT and PYTHON as documented there; nccl with GPUs, gloo and GPUS CPU
-# processes on a machine without CUDA). Bad arguments exit with status 2 and a message on stderr.
+# NODE_RANK, MASTER_ADDR, PORT as documented there; the Python is $PYTHON, else the activated venv,
+# else $COTAP_VENV or the repository's .venv, see tools/_python_env.sh; nccl with GPUs, gloo and
+# GPUS CPU processes on a machine without CUDA). Bad arguments exit with status 2 and a message on stderr.
 # (openmim's mim_dist_train.sh cannot be used: openmim imports pkg_resources.)
 set -euo pipefail
 BENCH_TOOLS_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"

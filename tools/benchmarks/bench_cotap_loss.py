@@ -32,7 +32,8 @@ Usage::
     python tools/benchmarks/bench_cotap_loss.py --device cuda --max-dense-n 16000
     python tools/benchmarks/bench_cotap_loss.py --sizes 1000,4200 --chunk-sizes 1024,256
 
-The loss file is loaded by path (it depends only on torch), so each subprocess skips importing
+The loss file and the peak-RSS helpers (``cotap_mm/engine/memory.py``) are loaded by path from the
+checkout (they depend only on torch and the standard library), so each subprocess skips importing
 the OpenMMLab stack.
 """
 import argparse
@@ -46,36 +47,29 @@ import sys
 import time
 from typing import Dict, List, Optional
 
-LOSS_FILE = osp.join(
-    osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))), 'cotap_mm', 'models', 'losses',
-    'functional', 'continuous_ap.py')
+PACKAGE = osp.join(osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))), 'cotap_mm')
+LOSS_FILE = osp.join(PACKAGE, 'models', 'losses', 'functional', 'continuous_ap.py')
+MEMORY_FILE = osp.join(PACKAGE, 'engine', 'memory.py')  # /proc peak-RSS helpers (standard library)
 
 
-def _load_loss_module():
-    spec = importlib.util.spec_from_file_location('_cotap_continuous_ap', LOSS_FILE)
+def _load_file(name: str, path: str):
+    spec = importlib.util.spec_from_file_location(name, path)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
 
 
-def _status_kb(key: str) -> Optional[int]:
-    try:
-        with open('/proc/self/status') as f:
-            for line in f:
-                if line.startswith(key + ':'):
-                    return int(line.split()[1])
-    except OSError:
-        pass
-    return None
+def _load_loss_module():
+    return _load_file('_cotap_continuous_ap', LOSS_FILE)
 
 
-def _reset_hwm() -> bool:
-    try:
-        with open('/proc/self/clear_refs', 'w') as f:
-            f.write('5')
-        return True
-    except OSError:
-        return False
+_memory = _load_file('_cotap_memory', MEMORY_FILE)
+_status_kb, _reset_hwm = _memory.status_kb, _memory.reset_peak_rss
+try:
+    import torch  # noqa: F401  (the only third-party module the cases need)
+except ModuleNotFoundError as err:  # not the project's environment, e.g. the system python
+    sys.exit(f'tools/benchmarks/bench_cotap_loss.py: {err} in {sys.executable}: use the cotap_mm '
+             'environment (`source .venv/bin/activate` after `make setup`, or .venv/bin/python)')
 
 
 def worker(n: int, impl: str, chunk_size: int, device: str, repeats: int, min_time: float,

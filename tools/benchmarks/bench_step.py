@@ -76,13 +76,15 @@ import time
 import warnings
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
-TOOLS = osp.dirname(osp.dirname(osp.abspath(__file__)))
-REPO = osp.dirname(TOOLS)
-sys.path.insert(0, REPO)
-sys.path.insert(0, osp.join(TOOLS, 'benchmarks'))
-sys.path.insert(0, osp.join(TOOLS, 'model_converters'))
+try:
+    import cotap_mm  # noqa: F401  (registers modules, installs the safe checkpoint loader)
+except ModuleNotFoundError as err:  # not the project's environment, e.g. the system python
+    sys.exit(f'tools/benchmarks/bench_step.py: {err} in {sys.executable}: use the cotap_mm '
+             'environment (`source .venv/bin/activate` after `make setup`, or .venv/bin/python)')
+from cotap_mm.engine.memory import reset_peak_rss, status_kb  # noqa: E402
 
-from bench_cotap_loss import _reset_hwm, _status_kb  # noqa: E402  (/proc peak-RSS helpers)
+TOOLS = osp.dirname(osp.dirname(osp.abspath(__file__)))
+REPO = osp.dirname(TOOLS)  # the checkout whose configs/ the rows run
 
 MOCOV3 = 'mmpretrain::mocov3/mocov3_vit-{}-p16_16xb256-amp-coslr-300e_in1k.py'
 COTAP = 'configs/cotap/cotap_vit-{}.py'
@@ -353,9 +355,7 @@ def write_start_checkpoint(work_dir: str, backbone: str, seed: int = 0,
     converted to the cotap_mm layout with ``vit2cotap.py``'s code at the path the CoTAP configs
     load; returns that path."""
     import torch
-    from vit2cotap import convert_checkpoint
-
-    import cotap_mm  # noqa: F401  (registers CoTAPViT)
+    from cotap_mm.converters import convert_checkpoint
     from cotap_mm.models.backbones.vit_key_mapping import convert_to_timm
     from mmpretrain.registry import MODELS as MM_MODELS
     b = BACKBONES[backbone]
@@ -559,7 +559,7 @@ def measure_steps(spec: Mapping[str, Any]) -> Dict[str, Any]:
                         if cuda:
                             torch.cuda.reset_peak_memory_stats()
                         else:  # peak RSS from here on (where /proc/self/clear_refs is writable)
-                            _reset_hwm()
+                            reset_peak_rss()
                     scale = scaler.get_scale() if scaler is not None else None
                     sync()
                     t0, c0 = time.perf_counter(), time.process_time()
@@ -573,7 +573,7 @@ def measure_steps(spec: Mapping[str, Any]) -> Dict[str, Any]:
                         out['skipped_steps'] += 1  # fp16 overflow: the optimizer step was skipped
                     if i == warmup + steps - 1:
                         out['peak_bytes'] = float(torch.cuda.max_memory_allocated() if cuda else
-                                                  (_status_kb('VmHWM') or 0) * 1024)
+                                                  (status_kb('VmHWM') or 0) * 1024)
 
             loop.run_iter = probed_run_iter
 

@@ -14,11 +14,13 @@ Then delete or replace the listed files, or train with ``skip_bad_images=True`` 
 """
 import argparse
 import os
-import os.path as osp
 import sys
 
-sys.path.insert(0, osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))))
-
+try:
+    import cotap_mm  # noqa: F401  (registers modules, installs the safe checkpoint loader)
+except ModuleNotFoundError as err:  # not the project's environment, e.g. the system python
+    sys.exit(f'tools/misc/check_images.py: {err} in {sys.executable}: use the cotap_mm environment '
+             '(`source .venv/bin/activate` after `make setup`, or .venv/bin/python)')
 from cotap_mm.datasets.image_check import IMAGE_EXTENSIONS, list_images, scan_images  # noqa: E402
 
 

@@ -21,18 +21,20 @@ relative to ``--data-root``, so a dataset with the same ``data_root`` (``COCOUnl
 
 Examples::
 
-    # COCO train2017 with the DINO ViT-S/16 converted for CoTAP (keys backbone.*), one GPU
-    python tools/misc/compute_neighbors.py configs/cotap/cotap_vit-small-p16_4xb28-240k_coco.py \\
-        --checkpoint checkpoints/dino_vits16_cotap.pth \\
-        --data-root data/coco --data-prefix train2017 \\
-        --out data/coco/knn/train2017_dino_vits16_k7.npz
+    # COCO train2017 with DINO ViT-B/16 converted for CoTAP (keys backbone.*), one GPU: the file the
+    # released configs read (data/<data set>/knn/<data_prefix>_<feature model>_k<K>.npz)
+    python tools/misc/compute_neighbors.py \\
+        configs/cotap/cotap_vit-base-p16-dino_8xb16-210k_coco-in1k.py \\
+        --checkpoint checkpoints/dino_vitb16_cotap.pth \\
+        --data-root data/coco --data-prefix train2017 -k 7 \\
+        --out data/coco/knn/train2017_dino_vitb16_k7.npz
     # the earlier cotap_mm table: CLS feature, 7 other images, squashed images
     python tools/misc/compute_neighbors.py CONFIG --checkpoint CKPT --data-root data/coco \\
         --data-prefix train2017 --feature cls --no-include-self --resize squash --out OUT.npz
-    # ImageNet-1k train on 8 GPUs
+    # ImageNet-1k train on 8 GPUs (same config and checkpoint)
     torchrun --nproc_per_node 8 tools/misc/compute_neighbors.py CONFIG --checkpoint CKPT \\
-        --data-root data/imagenet --data-prefix train \\
-        --out data/imagenet/knn/train_dino_vits16_k7.npz --launcher pytorch
+        --data-root data/imagenet --data-prefix train -k 7 \\
+        --out data/imagenet/knn/train_dino_vitb16_k7.npz --launcher pytorch
 
 Distributed (``--launcher pytorch`` under torchrun; gloo on CPU-only machines): every rank embeds a
 contiguous shard of the images, the features are all-gathered, every rank searches the neighbours of
@@ -46,8 +48,11 @@ import os.path as osp
 import sys
 from typing import List, Optional, Sequence, Tuple
 
-sys.path.insert(0, osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))))
-
+try:
+    import cotap_mm  # noqa: F401  (registers modules, installs the safe checkpoint loader)
+except ModuleNotFoundError as err:  # not the project's environment, e.g. the system python
+    sys.exit(f'tools/misc/compute_neighbors.py: {err} in {sys.executable}: use the cotap_mm '
+             'environment (`source .venv/bin/activate` after `make setup`, or .venv/bin/python)')
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from mmengine import dist  # noqa: E402
@@ -57,7 +62,6 @@ from mmengine.utils import ProgressBar  # noqa: E402
 from PIL import Image  # noqa: E402
 from torch.utils.data import DataLoader, Dataset  # noqa: E402
 
-import cotap_mm  # noqa: E402,F401  (registers modules, installs the safe checkpoint loader)
 from cotap_mm.datasets.coco_unlabeled import UnlabeledImageDataset  # noqa: E402
 from cotap_mm.datasets.neighbors import (knn_cosine, knn_cosine_self_first,  # noqa: E402
                                          relative_key, write_neighbors)

@@ -25,22 +25,20 @@ import sys
 from collections import OrderedDict
 from typing import Any, Dict, List, Mapping, Optional
 
-import torch
-
 try:
-    from cotap_mm.models.backbones.vit_key_mapping import (convert_to_timm, default_backbone_prefix,
-                                                           detect_key_format, extract_prefixed,
-                                                           infer_vit_arch)
-    from cotap_mm.utils.checkpoint import UnsafeCheckpointError
-except ImportError:  # running from a source checkout without `pip install -e .`
-    sys.path.insert(0, osp.abspath(osp.join(osp.dirname(__file__), '..', '..')))
-    from cotap_mm.models.backbones.vit_key_mapping import (convert_to_timm, default_backbone_prefix,
-                                                           detect_key_format, extract_prefixed,
-                                                           infer_vit_arch)
-    from cotap_mm.utils.checkpoint import UnsafeCheckpointError
-sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
-from publish_model import load_checkpoint  # noqa: E402  (weights_only unless trusted)
-from vit2cotap import convert_checkpoint, load_source  # noqa: E402  (the timm -> cotap direction)
+    import cotap_mm  # noqa: F401  (registers modules, installs the safe checkpoint loader)
+except ModuleNotFoundError as err:  # not the project's environment, e.g. the system python
+    sys.exit(f'tools/model_converters/cotap2timm.py: {err} in {sys.executable}: use the cotap_mm '
+             'environment (`source .venv/bin/activate` after `make setup`, or .venv/bin/python)')
+import torch  # noqa: E402
+
+from cotap_mm.converters.vit_checkpoints import convert_checkpoint, load_source  # noqa: E402
+from cotap_mm.models.backbones.vit_key_mapping import (convert_to_timm,  # noqa: E402
+                                                       default_backbone_prefix,
+                                                       detect_key_format, extract_prefixed,
+                                                       infer_vit_arch)
+from cotap_mm.utils.checkpoint import UnsafeCheckpointError  # noqa: E402
+from cotap_mm.utils.checkpoint import load_checkpoint_file as load_checkpoint  # noqa: E402
 
 _TIMM_SIZES = {192: 'tiny', 384: 'small', 768: 'base', 1024: 'large', 1536: 'giant'}
 

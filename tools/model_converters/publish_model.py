@@ -38,19 +38,17 @@ import sys
 from collections import OrderedDict
 from typing import Any, Dict, List, Mapping, Optional
 
-import torch
-
 try:
-    from cotap_mm.models.backbones.vit_key_mapping import (default_backbone_prefix, extract_prefixed,
-                                                           infer_vit_arch)
-    from cotap_mm.utils.checkpoint import (UnsafeCheckpointError, safe_torch_load, to_plain,
-                                           trusted_checkpoint)
-except ImportError:  # running from a source checkout without `pip install -e .`
-    sys.path.insert(0, osp.abspath(osp.join(osp.dirname(__file__), '..', '..')))
-    from cotap_mm.models.backbones.vit_key_mapping import (default_backbone_prefix, extract_prefixed,
-                                                           infer_vit_arch)
-    from cotap_mm.utils.checkpoint import (UnsafeCheckpointError, safe_torch_load, to_plain,
-                                           trusted_checkpoint)
+    import cotap_mm  # noqa: F401  (registers modules, installs the safe checkpoint loader)
+except ModuleNotFoundError as err:  # not the project's environment, e.g. the system python
+    sys.exit(f'tools/model_converters/publish_model.py: {err} in {sys.executable}: use the cotap_mm '
+             'environment (`source .venv/bin/activate` after `make setup`, or .venv/bin/python)')
+import torch  # noqa: E402
+
+from cotap_mm.models.backbones.vit_key_mapping import (default_backbone_prefix,  # noqa: E402
+                                                       extract_prefixed, infer_vit_arch)
+from cotap_mm.utils.checkpoint import (UnsafeCheckpointError, load_checkpoint_file,  # noqa: E402
+                                       to_plain)
 
 # mmengine ``meta`` entries worth keeping (small, plain); ``cfg`` (the whole config text) included.
 META_KEYS = ('epoch', 'iter', 'seed', 'experiment_name', 'mmengine_version', 'time', 'cfg')
@@ -67,10 +65,7 @@ def sha256_file(path: str, chunk: int = 1 << 20) -> str:
 
 def load_checkpoint(path: str, trust: bool = False) -> Any:
     """Load with ``weights_only=True`` unless ``trust`` (see module docstring)."""
-    if trust:
-        with trusted_checkpoint(path):
-            return safe_torch_load(path, map_location='cpu')
-    return safe_torch_load(path, map_location='cpu')
+    return load_checkpoint_file(path, trust=trust)
 
 
 def neck_prefix_for(backbone_prefix: str) -> str:

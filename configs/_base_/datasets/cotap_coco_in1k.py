@@ -6,17 +6,19 @@
 # ImageNet (1,281,167). Every image goes through the CoTAP multi-crop of cotap_coco.py.
 # neighbor_collate flattens each item [coco_anchor, coco_neighbour, in_anchor, in_neighbour] into the
 # batch: 4 x batch_size images per GPU, DataSample.neighbor_index / source ('coco' / 'imagenet') /
-# is_neighbor set. Neighbour files (paths relative to each data_root) come from, e.g.:
-#   python tools/misc/compute_neighbors.py configs/cotap/cotap_vit-small-p16_4xb28-240k_coco.py \
-#       --checkpoint checkpoints/dino_vits16_cotap.pth --data-root data/coco --data-prefix train2017 \
-#       --out data/coco/knn/train2017_dino_vits16_k7.npz
+# is_neighbor set. Neighbour files (image paths relative to each data_root) are named
+# data/<data set>/knn/<data_prefix>_<feature model>_k<K>.npz; every released config uses the one set
+# of the official release, DINO ViT-B/16 features, k = 7:
+#   python tools/misc/compute_neighbors.py configs/cotap/cotap_vit-base-p16-dino_8xb16-210k_coco-in1k.py \
+#       --checkpoint checkpoints/dino_vitb16_cotap.pth --data-root data/coco --data-prefix train2017 \
+#       -k 7 --out data/coco/knn/train2017_dino_vitb16_k7.npz
 #   torchrun --nproc_per_node 8 tools/misc/compute_neighbors.py (same config and checkpoint) \
-#       --data-root data/imagenet --data-prefix train --out data/imagenet/knn/train_dino_vits16_k7.npz \
-#       --launcher pytorch
+#       --data-root data/imagenet --data-prefix train -k 7 \
+#       --out data/imagenet/knn/train_dino_vitb16_k7.npz --launcher pytorch
 _base_ = ['./cotap_coco.py']
 
-coco_neighbors_file = 'data/coco/knn/train2017_dino_vits16_k7.npz'
-imagenet_neighbors_file = 'data/imagenet/knn/train_dino_vits16_k7.npz'
+coco_neighbors_file = 'data/coco/knn/train2017_dino_vitb16_k7.npz'
+imagenet_neighbors_file = 'data/imagenet/knn/train_dino_vitb16_k7.npz'
 train_dataloader = dict(
     batch_size=28,  # index groups per GPU (ViT-S/16: 4 GPUs x 28 anchors per data set)
     collate_fn=dict(type='neighbor_collate'),

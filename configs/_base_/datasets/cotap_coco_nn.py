@@ -4,13 +4,15 @@
 # image with itself; exclude_self=True never draws it), each through the CoTAP multi-crop of
 # cotap_coco.py; neighbor_collate flattens [anchor, neighbour] pairs into the batch
 # (2 x batch_size images, DataSample.neighbor_index / source / is_neighbor set).
-# The neighbour file (paths relative to data_root) comes from, e.g.:
-#   python tools/misc/compute_neighbors.py configs/cotap/cotap_vit-small-p16_4xb28-240k_coco.py \
-#       --checkpoint checkpoints/dino_vits16_cotap.pth --data-root data/coco --data-prefix train2017 \
-#       --out data/coco/knn/train2017_dino_vits16_k7.npz
+# The neighbour file (image paths relative to data_root) is named
+# data/<data set>/knn/<data_prefix>_<feature model>_k<K>.npz; the released configs use the official
+# release's DINO ViT-B/16 features, k = 7:
+#   python tools/misc/compute_neighbors.py configs/cotap/cotap_vit-base-p16-dino_8xb16-210k_coco-in1k.py \
+#       --checkpoint checkpoints/dino_vitb16_cotap.pth --data-root data/coco --data-prefix train2017 \
+#       -k 7 --out data/coco/knn/train2017_dino_vitb16_k7.npz
 _base_ = ['./cotap_coco.py']
 
-coco_neighbors_file = 'data/coco/knn/train2017_dino_vits16_k7.npz'
+coco_neighbors_file = 'data/coco/knn/train2017_dino_vitb16_k7.npz'
 train_dataloader = dict(
     batch_size=28,  # anchors per GPU (ViT-S/16: 4 GPUs x 28)
     collate_fn=dict(type='neighbor_collate'),

@@ -4,6 +4,8 @@
 max_iters = 240000
 optim_wrapper = dict(
     type='OptimWrapper',
+    # the EMA teacher is frozen: left out with one log line, not one warning per tensor
+    constructor='TrainableParamsOptimWrapperConstructor',
     optimizer=dict(type='AdamW', lr=3e-5, betas=(0.9, 0.999), weight_decay=0.024),
     paramwise_cfg=dict(
         norm_decay_mult=0.0,

@@ -3,7 +3,7 @@
 from mmengine.hooks import Hook
 from mmpretrain.registry import HOOKS
 
-from cotap_mm.utils.start_weights import check_start_weights
+from cotap_mm.utils.start_weights import check_start_weights, quiet_mmengine_load
 from cotap_mm.utils.state_dict import find_state_dict
 from .atomic_checkpoint_hook import unwrap
 
@@ -16,8 +16,10 @@ class StartWeightsHook(Hook):
     For ``load_from`` and resume alike: keys of ``checked_prefix`` (the backbone) missing from the
     checkpoint or shaped differently stop the run with
     :class:`~cotap_mm.utils.start_weights.StartWeightsError`, naming how many and the first few;
-    every difference (also outside the backbone, e.g. the new heads of a post-pretraining start)
-    is written to the run's log file.
+    one summary line (``load_from X: backbone 150/150 keys loaded; not in the checkpoint,
+    initialised by the model: teacher (230), neck (7), ...``) goes to the run's log, real
+    differences as warnings, every differing key at DEBUG; MMEngine's own console list of every
+    missing key is not printed.
 
     Args:
         strict (bool): False: a deliberately partial start, differences are only logged.
@@ -35,9 +37,11 @@ class StartWeightsHook(Hook):
     def after_load_checkpoint(self, runner, checkpoint: dict) -> None:
         state = find_state_dict(checkpoint, str(runner._load_from))
         what = 'resume' if runner._resume else 'load_from'
-        check_start_weights(unwrap(runner.model).state_dict(), state,
-                            source=str(runner._load_from), strict=self.strict,
+        model_state = unwrap(runner.model).state_dict()
+        check_start_weights(model_state, state, source=str(runner._load_from), strict=self.strict,
                             checked_prefix=self.checked_prefix, what=what)
+        # logged above: MMEngine need not list every key (the dict it loads, by its own rule)
+        quiet_mmengine_load(checkpoint.get('state_dict', checkpoint), model_state)
 
 
 __all__ = ['StartWeightsHook']

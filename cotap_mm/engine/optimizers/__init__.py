@@ -1,3 +1,4 @@
 from .layer_decay_optim_constructor import ViTLayerDecayOptimWrapperConstructor
+from .trainable_params_optim_constructor import TrainableParamsOptimWrapperConstructor
 
-__all__ = ['ViTLayerDecayOptimWrapperConstructor']
+__all__ = ['ViTLayerDecayOptimWrapperConstructor', 'TrainableParamsOptimWrapperConstructor']

@@ -55,10 +55,41 @@ def test_wrong_architecture_starts_are_refused(tmp_path):
     assert 'load_from (backbone.*): 54 of 54 keys missing' in text  # on purpose: logged only
 
 
-def test_dino_tiny_start_for_cotap_tiny_loads(tmp_path):
+def _grouped_new_keys(model_keys, ckpt_keys) -> str:
+    """``teacher (n), neck (m), ...``: model keys outside the backbone that the checkpoint lacks,
+    counted per top-level module (largest first, ties in model order; the model's own tensors as
+    ``buffers``)."""
+    counts = {}
+    for key in model_keys:
+        if not key.startswith('backbone.') and key not in ckpt_keys \
+                and not key.endswith('num_batches_tracked'):
+            group = key.split('.')[0] if '.' in key else 'buffers'  # e.g. loss_iter
+            counts[group] = counts.get(group, 0) + 1
+    order = sorted(counts, key=lambda k: -counts[k])
+    return ', '.join(f'{k} ({counts[k]})' for k in order)
+
+
+def test_dino_tiny_start_for_cotap_tiny_loads(tmp_path, capsys):
     dino = MODELS.build(Config.fromfile(DINO_TINY).model)
     path = tmp_path / 'dino_tiny.pth'
     torch.save({'state_dict': dino.state_dict()}, path)
+    capsys.readouterr()
     text = _run(COTAP_TINY, tmp_path / 'cotap', 'sw_cotap', path)
-    assert f'load_from (backbone.*): all 54 keys loaded from {path}' in text
-    assert 'load_from (outside backbone.*):' in text and 'keys missing' in text  # CoTAP's heads
+    console = capsys.readouterr()
+    cotap = MODELS.build(Config.fromfile(COTAP_TINY).model)
+    new = _grouped_new_keys(cotap.state_dict(), dino.state_dict())
+    assert new.startswith('teacher (')
+    summary = [line for line in text.splitlines() if f'load_from {path}:' in line]
+    assert len(summary) == 1 and summary[0].endswith(
+        f'load_from {path}: backbone 54/54 keys loaded; not in the checkpoint, initialised by '
+        f'the model: {new}')
+    assert 'keys missing' not in text  # the new heads and teacher are expected: no warning
+    # MMEngine's own list of every missing key is gone from the console
+    assert 'missing keys in source state_dict' not in console.out + console.err
+    # the frozen EMA teacher: one optimizer line, no warning per tensor
+    frozen = sum(1 for p in cotap.parameters() if not p.requires_grad)
+    assert frozen > 50 and 'requires_grad=False' not in text
+    optimizer_lines = [line for line in text.splitlines() if 'optimizer:' in line]
+    assert len(optimizer_lines) == 1
+    assert f'; {frozen} frozen tensors' in optimizer_lines[0]
+    assert optimizer_lines[0].endswith(f'not optimised: teacher ({frozen})')
