@@ -54,6 +54,7 @@ train_dataloader = dict(
 # ---- schedule
 optim_wrapper = dict(
     type='AmpOptimWrapper',
+    constructor='TrainableParamsOptimWrapperConstructor',
     loss_scale='dynamic',
     optimizer=dict(type='AdamW', lr=1e-3 * 512 / 256, betas=(0.9, 0.999), weight_decay=0.04),
     clip_grad=dict(max_norm=3.0),

@@ -43,6 +43,7 @@ train_dataloader = dict(dataset=dict(pipeline=train_pipeline))
 max_iters = 300
 optim_wrapper = dict(
     type='OptimWrapper',
+    constructor='TrainableParamsOptimWrapperConstructor',  # frozen teacher: one log line
     optimizer=dict(type='AdamW', lr=5e-4, betas=(0.9, 0.999), weight_decay=0.04),
     clip_grad=dict(max_norm=3.0),
     paramwise_cfg=dict(norm_decay_mult=0.0, bias_decay_mult=0.0))

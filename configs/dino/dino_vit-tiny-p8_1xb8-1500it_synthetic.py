@@ -26,6 +26,7 @@ train_dataloader = dict(dataset=dict(num_samples=2000))
 
 optim_wrapper = dict(
     type='OptimWrapper',
+    constructor='TrainableParamsOptimWrapperConstructor',  # frozen teacher: one log line
     optimizer=dict(type='AdamW', lr=1e-3, betas=(0.9, 0.999), weight_decay=0.04),
     paramwise_cfg=dict(norm_decay_mult=0.0, bias_decay_mult=0.0),
     clip_grad=dict(max_norm=3.0))

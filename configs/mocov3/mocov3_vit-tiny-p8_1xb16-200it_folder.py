@@ -56,7 +56,7 @@ model = dict(
         loss=dict(type='CrossEntropyLoss', loss_weight=2 * temperature),
         temperature=temperature))
 
-optim_wrapper = dict(type='OptimWrapper', optimizer=dict(type='AdamW', lr=1e-3, weight_decay=0.05))
+optim_wrapper = dict(type='OptimWrapper', constructor='TrainableParamsOptimWrapperConstructor', optimizer=dict(type='AdamW', lr=1e-3, weight_decay=0.05))
 find_unused_parameters = True
 max_iters = 200
 param_scheduler = [

@@ -22,6 +22,7 @@ model = dict(
 
 optim_wrapper = dict(
     type='OptimWrapper',
+    constructor='TrainableParamsOptimWrapperConstructor',  # frozen teacher: one log line
     optimizer=dict(type='SGD', lr=0.1 * 8 / 256, momentum=0.9, weight_decay=1e-4),
     paramwise_cfg=dict(norm_decay_mult=0.0, bias_decay_mult=0.0),
     clip_grad=dict(max_norm=3.0))

@@ -27,6 +27,7 @@ model = dict(
 
 optim_wrapper = dict(
     type='OptimWrapper',
+    constructor='TrainableParamsOptimWrapperConstructor',  # frozen teacher: one log line
     optimizer=dict(type='AdamW', lr=5e-4 * 8 / 256, betas=(0.9, 0.999), weight_decay=0.04),
     paramwise_cfg=dict(norm_decay_mult=0.0, bias_decay_mult=0.0),
     clip_grad=dict(max_norm=3.0))

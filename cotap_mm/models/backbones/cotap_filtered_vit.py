@@ -218,8 +218,11 @@ class CoTAPFilteredViT(BaseBackbone):
         if not self.neck.initialized:
             raise RuntimeError(
                 f'CoTAPFilteredViT: the object-aware filter prototypes are not initialised: {where}. '
-                'CoTAP sets them by k-means once its prototype bank is full (bank_size / '
-                'bank_samples_per_step training iterations); evaluate a later CoTAP checkpoint, load '
+                'CoTAP sets them by k-means once its prototype bank is full: the bank takes every '
+                'pooled sample of a step until then, so it fills after ceil(bank_size / (global '
+                'crops x bank-source images per process and step)) iterations, e.g. 10 for the '
+                'released ViT-S/16 run (2 x 56 ImageNet images a step), 128 with 4 bank images a '
+                'step; evaluate a later CoTAP checkpoint, load '
                 "one through init_cfg=dict(type='Pretrained', checkpoint=..., prefix='' or "
                 "'teacher.'), or probe the plain ViT with the configs using mmpretrain.CoTAPViT.")
 
