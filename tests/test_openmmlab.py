@@ -158,6 +158,24 @@ def test_cotap_scope_base_config_from_a_project_folder(tmp_path):
     assert type(dataset).__name__ == 'SyntheticScenes'
 
 
+def test_cotap_scope_config_trains(tmp_path):
+    """A user config that inherits ours by package scope trains with tools/train.py (the
+    inherited collate function carries ``_scope_``, which MMEngine's dataloader builder would
+    pass on to ``default_collate`` without cotap_mm's compatibility fix)."""
+    import math
+
+    from cotap_test_helpers.tool_runs import logged_loss_rows, train_in_process
+    user = tmp_path / 'my_cotap.py'
+    user.write_text(f"_base_ = 'cotap_mm::cotap/{DEMO}.py'\n"
+                    "train_cfg = dict(max_iters=2)\n"
+                    "train_dataloader = dict(batch_size=2, dataset=dict(num_samples=4))\n")
+    work = tmp_path / 'work'
+    train_in_process([str(user), '--work-dir', str(work), '--cfg-options',
+                      'default_hooks.logger.interval=1', 'custom_hooks=[]'])
+    rows = logged_loss_rows(work)
+    assert len(rows) == 2 and all(math.isfinite(r['loss_cotap']) for r in rows)
+
+
 def test_cotap_scope_registries_resolve_to_mmpretrain():
     import cotap_mm  # noqa: F401
     from mmpretrain.registry import HOOKS as PRETRAIN_HOOKS
