@@ -6,7 +6,8 @@ from typing import Any, Dict, List, Sequence, Tuple
 
 import numpy as np
 
-__all__ = ['METRICS', 'fmt_mean_std', 'aggregate_rows', 'rows_table', 'paired_differences',
+__all__ = ['METRICS', 'fmt_mean_std', 'aggregate_rows', 'rows_table', 'per_seed_table',
+           'paired_differences',
            'checkpoint_scores_table', 'write_section']
 
 # (key of a row, column title, digits)
@@ -76,6 +77,16 @@ def rows_table(agg: Dict[str, Dict[str, Any]], cost_reference: str = '') -> str:
                 ratio = [np.mean(v) / np.mean(ref[key])] if v and ref.get(key) else []
                 cells += [fmt_mean_std(v, digits), fmt_mean_std(ratio, 2)]
         lines.append('| ' + ' | '.join(cells) + ' |')
+    return '\n'.join(lines)
+
+
+def per_seed_table(agg: Dict[str, Dict[str, Any]], key: str, seeds: Sequence[int]) -> str:
+    """One line per model and feature set, one column per seed, of metric ``key``."""
+    lines = ['| model | features | ' + ' | '.join(f'seed {s}' for s in seeds) + ' |',
+             '|' + '---|' * (2 + len(seeds))]
+    for r in agg.values():
+        vals = [f'{v:.2f}' for v in r.get(key, [])]
+        lines.append(f"| {r['name']} | {r['features']} | " + ' | '.join(vals) + ' |')
     return '\n'.join(lines)
 
 
