@@ -9,7 +9,7 @@ from .dense_scores import (PROTOCOLS, DenseProtocolSettings, score_cached_featur
                            score_extractor)
 from .dense_tables import (aggregate_rows, checkpoint_scores_table, fmt_mean_std,
                            paired_differences, rows_table, write_section)
-from .equal_width_control import equal_width_control, load_backbone_only, prototype_bank
+from .equal_width import equal_width_control, load_backbone_only, prototype_bank
 from .measured_stage import STAGE_STATS, run_measured_stage
 from .supervised_starts import presence_labels, tiny_vit, train_supervised
 from .training_stages import rescale_param_schedulers, stage_checkpoint, train_stage

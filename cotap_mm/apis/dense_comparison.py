@@ -2,7 +2,7 @@
 
 A row is one model on one feature set: ``'C'`` (plain last-layer tokens, every model) or ``'2C'``
 (ordinary || filtered tokens of CoTAP's object-aware filter: CoTAP itself, and the equal-width
-control of :mod:`.equal_width_control`). Compare rows of equal width: C with C, 2C with 2C.
+control of :mod:`.equal_width`). Compare rows of equal width: C with C, 2C with 2C.
 """
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
@@ -14,7 +14,7 @@ from cotap_mm.evaluation.frozen_model import dense_feature_extractors
 from cotap_mm.evaluation.linear_probe import build_model_feature_extractor
 from .checkpoint_models import build_checkpoint_model, build_extractor
 from .dense_scores import DenseProtocolSettings, score_extractor
-from .equal_width_control import equal_width_control
+from .equal_width import equal_width_control
 
 __all__ = ['SCENE_CLASSES', 'CLAIM_NOTE', 'comparison_pairs', 'probe_checkpoint', 'dense_row',
            'score_checkpoint_rows',

@@ -43,7 +43,7 @@ from typing import Any, Dict, List, Optional
 
 import torch
 
-from cotap_mm.apis import (CLAIM_NOTE, STAGE_STATS, DenseProtocolSettings, aggregate_rows,
+from cotap_mm.apis import (CLAIM_NOTE, DenseProtocolSettings, aggregate_rows,
                            comparison_pairs, paired_differences, rows_table, run_measured_stage,
                            score_checkpoint_rows, score_equal_width_control, write_section)
 from cotap_mm.apis.dense_tables import per_seed_table
@@ -91,7 +91,8 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     p.add_argument('--nn-k', type=int, default=30, help='neighbours of the NN retrieval')
     p.add_argument('--nn-temperature', type=float, default=0.02)
     p.add_argument('--out', default=None,
-                   help=f'write the Markdown section here (default: WORK_DIR/{SECTION})')
+                   help=f'also put the Markdown section into this file, replacing its section of '
+                   f'the same title (it is always written to WORK_DIR/{SECTION})')
     p.add_argument('--update-docs', action='store_true',
                    help='also replace the "Dense benchmark" section of docs/benchmarks.md (its '
                    'hand-written analysis is lost: re-add it)')
@@ -199,7 +200,10 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
         sys.argv[1:] if argv is None else argv)
     section = report(per_seed, args, cmd, time.time() - t0)
     print(section)
-    write_section(args.out or osp.join(work, SECTION), section)
+    if args.out:  # a Markdown file of several sections: this one replaced, the others kept
+        write_section(args.out, section)
+    with open(osp.join(work, SECTION), 'w') as f:
+        f.write(section)
     if args.update_docs:
         write_section(DOCS, section)
     results = aggregate_rows(per_seed)
