@@ -71,8 +71,7 @@ param_scheduler = [
 ]
 train_cfg = dict(type='IterBasedTrainLoop', max_iters=max_iters)
 custom_hooks = [
-    dict(type='EMATeacherHook', momentum=0.996, end_momentum=1.0, teacher_name='teacher',
-         student_name='student', init_flag_name='teacher_initialized'),
+    dict(type='EMATeacherHook', momentum=0.996, end_momentum=1.0),
     # PCA / similarity pictures of the filtered patch features, in WORK_DIR/feature_vis
     dict(type='FeatureVisualizationHook', interval=100, num_images=4, image_size=64),
     # dense/mIoU every 100 iterations: NN retrieval of the 2C features on held-out generated scenes

@@ -32,9 +32,8 @@ def has_object_filter(model: nn.Module) -> bool:
 def _state_dict(checkpoint: str, branch: str) -> Dict[str, torch.Tensor]:
     from mmengine.runner.checkpoint import _load_checkpoint
 
-    from cotap_mm.models.backbones.cotap_filtered_vit import _checkpoint_state_dict
-    sd = _checkpoint_state_dict(_load_checkpoint(checkpoint, map_location='cpu'), checkpoint)
-    sd = {(k[len('module.'):] if k.startswith('module.') else k): v for k, v in sd.items()}
+    from cotap_mm.utils.state_dict import find_state_dict
+    sd = find_state_dict(_load_checkpoint(checkpoint, map_location='cpu'), checkpoint)
     if branch == 'teacher':
         teacher = {k[len('teacher.'):]: v for k, v in sd.items() if k.startswith('teacher.')}
         if not teacher:

@@ -1,1 +1,1 @@
-from . import algorithms, backbones, heads, losses, necks  # noqa: F401
+from . import algorithms, backbones, heads, losses, necks, utils  # noqa: F401

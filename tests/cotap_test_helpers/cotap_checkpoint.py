@@ -50,8 +50,9 @@ def build_tiny_cotap(arch: Dict[str, int], img_size: int = 32, patch_size: int =
         if teacher_offset is not None:
             for p in model.teacher.parameters():
                 p.add_(teacher_offset * torch.randn(p.shape, generator=g))
-        model.neck.prototypes_initialized.fill_(prototypes_initialized)
-        model.teacher['neck'].prototypes_initialized.fill_(prototypes_initialized)
+        if prototypes_initialized:
+            model.neck.mark_initialized()
+            model.teacher['neck'].mark_initialized()
         model.teacher_initialized.fill_(True)
     model.eval()
     return model

@@ -11,6 +11,7 @@ from cotap_mm.evaluation.knn_classify import (build_cls_feature_extractor, knn_a
                                               knn_scores, knn_sweep)
 from cotap_test_helpers.cotap_checkpoint import (DEMO_CONFIG, build_tiny_cotap,
                                                  save_cotap_checkpoint)
+from cotap_mm.models.necks.object_prototype_neck import filtered_forward
 from cotap_test_helpers.knn_reference import brute_knn_votes
 from cotap_test_helpers.tool_runs import load_tool
 
@@ -70,7 +71,7 @@ def test_cls_extractors_c_and_2c(cotap):
     ref_c = vit(x)[-1]
     vit.out_type, vit.out_indices = old
     torch.testing.assert_close(build_cls_feature_extractor(model, 'C')(imgs), ref_c)
-    ref_2c = model._encode(model.student, x)[2]
+    ref_2c = filtered_forward(model.backbone, model.neck, x).cls
     got_2c = build_cls_feature_extractor(model, '2C')(imgs)
     assert got_2c.shape == (2, 64)
     torch.testing.assert_close(got_2c, ref_2c)

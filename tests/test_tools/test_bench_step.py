@@ -154,16 +154,15 @@ def test_reference_rows_are_always_measured(tool):
 def test_late_state_fills_queues_bank_and_prototypes(tool):
     model = build_tiny_cotap(dict(embed_dims=16, num_layers=2, num_heads=2,
                                   feedforward_channels=32), prototypes_initialized=False)
-    for q in (model.patch_queue, model.cls_queue):
-        q.count.zero_()
-    model.proto_bank_count.zero_()
+    for q in (model.patch_queue, model.cls_queue, model.proto_bank):
+        q.load_entries_(q.queue[:0])
     done = tool.steady_state(model)
     assert len(done) == 5, done  # 2 queues, 2 prototype flags, the bank
     for q in (model.patch_queue, model.cls_queue):
         assert len(q) == q.capacity
         torch.testing.assert_close(q.features().norm(dim=1), torch.ones(q.capacity))
-    assert int(model.proto_bank_count) == model.bank_size
-    assert bool(model.neck.prototypes_initialized)
+    assert int(model.proto_bank.count) == len(model.proto_bank) == model.bank_size
+    assert bool(model.neck.prototypes_initialized) and model.neck.initialized
     assert bool(model.teacher['neck'].prototypes_initialized)
     assert tool.steady_state(torch.nn.Linear(2, 2)) == []  # MoCo v3, DINO: nothing to set
 

@@ -164,8 +164,8 @@ def _filtered_ready(model):
     """Copy of the fixture model with k-means-initialised prototypes in both branches."""
     import copy
     m = copy.deepcopy(model)
-    m.neck.prototypes_initialized.fill_(True)
-    m.teacher['neck'].prototypes_initialized.fill_(True)
+    m.neck.mark_initialized()
+    m.teacher['neck'].mark_initialized()
     return m
 
 

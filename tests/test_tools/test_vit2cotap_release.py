@@ -10,6 +10,8 @@ from typing import Dict, Tuple
 
 import pytest
 import torch
+
+from cotap_mm.models.necks.object_prototype_neck import filtered_forward
 from mmengine.config import Config
 
 from cotap_mm.models.backbones import CoTAPFilteredViT
@@ -26,7 +28,8 @@ load_tool = partial(load_tool_file, 'tools/model_converters/vit2cotap.py', 'vit2
 RELEASE = ['--src-format', 'cotap-release', '--num-heads', '2']
 TOL = dict(atol=1e-5, rtol=1e-5)
 # buffers of our CoTAP that the release does not save (left to the model's initial values)
-NOT_IN_RELEASE = {'loss_iter', 'proto_bank', 'proto_bank_ptr', 'proto_bank_count', 'cls_loss.center',
+NOT_IN_RELEASE = {'loss_iter', 'proto_bank.queue', 'proto_bank.ptr', 'proto_bank.count',
+                  'cls_loss.center',
                   'cls_loss.num_updates', 'patch_queue.queue', 'patch_queue.ptr', 'patch_queue.count',
                   'cls_queue.queue', 'cls_queue.ptr', 'cls_queue.count'}
 
@@ -81,7 +84,7 @@ def build_cotap(meta: dict) -> torch.nn.Module:
 def cotap_outputs(model: torch.nn.Module, branch: str, x: torch.Tensor) -> Dict[str, torch.Tensor]:
     mods = model.student if branch == 'student' else model.teacher
     with torch.no_grad():
-        _, (h, w), cls, patches = model._encode(mods, x)
+        _, (h, w), cls, patches = filtered_forward(mods['backbone'], mods['neck'], x)
         B, N, D = patches.shape
         return dict(cls=cls, patch=patches.transpose(1, 2).reshape(B, D, h, w),
                     patch_head=mods['patch_head'](patches), cls_head=mods['cls_head'](cls))

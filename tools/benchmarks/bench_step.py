@@ -473,24 +473,17 @@ def steady_state(model: Any) -> List[str]:
     import torch
     import torch.nn.functional as F
 
-    from cotap_mm.models.algorithms.feature_queue import FeatureQueue
+    from cotap_mm.models.utils.feature_queue import FeatureQueue
     done = []
     with torch.no_grad():
         for name, m in model.named_modules():
-            if isinstance(m, FeatureQueue):
-                m.queue.copy_(F.normalize(torch.randn_like(m.queue), dim=1))
-                m.count.fill_(m.capacity)
-                m.ptr.zero_()
+            if isinstance(m, FeatureQueue):  # the Sinkhorn queues and the prototype bank
+                entries = torch.randn_like(m.queue)
+                m.load_entries_(entries if name == 'proto_bank' else F.normalize(entries, dim=1))
                 done.append(f'{name} ({m.capacity} entries)')
-            flag = getattr(m, 'prototypes_initialized', None)
-            if isinstance(flag, torch.Tensor):
-                flag.fill_(True)
+            if callable(getattr(m, 'mark_initialized', None)):
+                m.mark_initialized()
                 done.append(f'{name or "model"}.prototypes_initialized')
-        bank, count = getattr(model, 'proto_bank', None), getattr(model, 'proto_bank_count', None)
-        if isinstance(bank, torch.Tensor) and isinstance(count, torch.Tensor):
-            bank.normal_()
-            count.fill_(bank.shape[0])
-            done.append(f'proto_bank ({bank.shape[0]} samples)')
     return done
 
 

@@ -65,8 +65,7 @@ model = dict(
 
 # EMA teacher: cosine momentum 0.9997 -> 0.9999 (official training.ema)
 custom_hooks = [
-    dict(type='EMATeacherHook', momentum=0.9997, end_momentum=0.9999, teacher_name='teacher',
-         student_name='student', init_flag_name='teacher_initialized'),
+    dict(type='EMATeacherHook', momentum=0.9997, end_momentum=0.9999),
 ]
 # backbone's final norm (ln1) and the teacher are not used by the loss graph
 find_unused_parameters = True

@@ -26,8 +26,7 @@ model = dict(
 # EMA teacher: cosine momentum 0.996 -> 1; a warning in the log if the DINO term collapses
 # (DINO Sec. 5.3: teacher entropy vs the batch marginal, logged as dino_teacher_*)
 custom_hooks = [
-    dict(type='EMATeacherHook', momentum=0.996, end_momentum=1.0, teacher_name='teacher',
-         student_name='student', init_flag_name='teacher_initialized'),
+    dict(type='EMATeacherHook', momentum=0.996, end_momentum=1.0),
     dict(type='CollapseMonitorHook', window=50, uniform_ratio=0.95, min_marginal_entropy=0.1,
          start_iter=1000),  # a fresh teacher is near uniform too: skip the start
 ]

@@ -17,45 +17,12 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import mmcv
 import numpy as np
-import torch
 from mmcv.transforms import BaseTransform
 from mmpretrain.registry import TRANSFORMS
 
-BoxLike = Union[np.ndarray, torch.Tensor, Sequence[float]]
-RNG = Union[np.random.Generator, np.random.RandomState, Any]
+from cotap_mm.structures.boxes import box_area, box_intersection
+from cotap_mm.structures.sampling import RNG, as_hw, check_range, rand_int, rand_uniform
 
-
-def _check_range(value: Sequence[float], name: str, lower: float = 0.0,
-                 upper: float = math.inf) -> Tuple[float, float]:
-    """Validate a ``(min, max)`` pair with ``lower < min <= max <= upper``."""
-    if not isinstance(value, (tuple, list)) or len(value) != 2:
-        raise TypeError(f'{name} must be a (min, max) pair of numbers, got {value!r}')
-    lo, hi = float(value[0]), float(value[1])
-    if not (lower < lo <= hi <= upper):
-        raise ValueError(f'{name} must satisfy {lower} < min <= max <= {upper}, got {value!r}')
-    return lo, hi
-
-
-def _to_hw(size: Union[int, Sequence[int]], name: str) -> Tuple[int, int]:
-    """Turn ``224`` or ``(h, w)`` into ``(h, w)``."""
-    if isinstance(size, (int, np.integer)):
-        size = (int(size), int(size))
-    if (not isinstance(size, (tuple, list)) or len(size) != 2
-            or not all(isinstance(s, (int, np.integer)) and s > 0 for s in size)):
-        raise ValueError(f'{name} must be a positive int or an (h, w) pair of positive ints, '
-                         f'got {size!r}')
-    return int(size[0]), int(size[1])
-
-
-def _rand_uniform(rng: RNG, low: float, high: float) -> float:
-    return float(rng.uniform(low, high))
-
-
-def _rand_int(rng: RNG, low: int, high: int) -> int:
-    """Integer uniform in ``[low, high]`` (inclusive); Generator, RandomState or ``np.random``."""
-    if isinstance(rng, np.random.Generator):
-        return int(rng.integers(low, high + 1))
-    return int(rng.randint(low, high + 1))
 
 
 def sample_crop_box(h: int,
@@ -86,18 +53,18 @@ def sample_crop_box(h: int,
     if not (isinstance(h, (int, np.integer)) and isinstance(w, (int, np.integer)) and h > 0
             and w > 0):
         raise ValueError(f'h and w must be positive ints, got h={h!r}, w={w!r}')
-    scale = _check_range(scale, 'scale', 0.0, 1.0)
-    ratio = _check_range(ratio, 'ratio')
+    scale = check_range(scale, 'scale', 0.0, 1.0)
+    ratio = check_range(ratio, 'ratio')
     area = h * w
     log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
     for _ in range(max_attempts):
-        target_area = area * _rand_uniform(rng, scale[0], scale[1])
-        aspect = math.exp(_rand_uniform(rng, log_ratio[0], log_ratio[1]))
+        target_area = area * rand_uniform(rng, scale[0], scale[1])
+        aspect = math.exp(rand_uniform(rng, log_ratio[0], log_ratio[1]))
         cw = int(round(math.sqrt(target_area * aspect)))
         ch = int(round(math.sqrt(target_area / aspect)))
         if 0 < cw <= w and 0 < ch <= h:
-            y1 = _rand_int(rng, 0, h - ch)
-            x1 = _rand_int(rng, 0, w - cw)
+            y1 = rand_int(rng, 0, h - ch)
+            x1 = rand_int(rng, 0, w - cw)
             return float(x1), float(y1), float(x1 + cw), float(y1 + ch)
     # fallback: central crop (torchvision)
     in_ratio = w / h
@@ -109,109 +76,6 @@ def sample_crop_box(h: int,
         cw, ch = w, h
     y1, x1 = (h - ch) // 2, (w - cw) // 2
     return float(x1), float(y1), float(x1 + cw), float(y1 + ch)
-
-
-def _as_boxes(box: BoxLike, name: str) -> Union[np.ndarray, torch.Tensor]:
-    if not isinstance(box, torch.Tensor):
-        box = np.asarray(box, dtype=np.float64)
-    if box.shape[-1:] != (4, ):
-        raise ValueError(f'{name} must have a last dimension of size 4 (x1, y1, x2, y2), '
-                         f'got shape {tuple(box.shape)}')
-    return box
-
-
-def _maximum(a, b):
-    return torch.maximum(a, b) if isinstance(a, torch.Tensor) else np.maximum(a, b)
-
-
-def _minimum(a, b):
-    return torch.minimum(a, b) if isinstance(a, torch.Tensor) else np.minimum(a, b)
-
-
-def _stack(parts):
-    return torch.stack(parts, -1) if isinstance(parts[0], torch.Tensor) else np.stack(parts, -1)
-
-
-def _match(a, b):
-    """Bring a numpy/sequence operand to the other operand's type (torch wins)."""
-    if isinstance(a, torch.Tensor) and not isinstance(b, torch.Tensor):
-        b = torch.as_tensor(b, dtype=a.dtype, device=a.device)
-    elif isinstance(b, torch.Tensor) and not isinstance(a, torch.Tensor):
-        a = torch.as_tensor(a, dtype=b.dtype, device=b.device)
-    return a, b
-
-
-def box_area(boxes: BoxLike) -> Union[np.ndarray, torch.Tensor]:
-    """Area of ``[..., 4]`` boxes ``(x1, y1, x2, y2)`` (negative extents count as 0)."""
-    b = _as_boxes(boxes, 'boxes')
-    zero = b[..., 0] * 0
-    return _maximum(b[..., 2] - b[..., 0], zero) * _maximum(b[..., 3] - b[..., 1], zero)
-
-
-def box_intersection(a: BoxLike, b: BoxLike) -> Union[np.ndarray, torch.Tensor]:
-    """Intersection of boxes ``a`` and ``b`` (broadcast over leading dims).
-
-    Args:
-        a: ``[..., 4]`` boxes ``(x1, y1, x2, y2)``; numpy, torch or a sequence.
-        b: ``[..., 4]`` boxes, broadcastable with ``a``.
-
-    Returns:
-        ``[..., 4]`` boxes of the same array type (torch if either input is torch). Empty
-        intersections come back as zero-area boxes (``x2 = max(x2, x1)``, same for y), so
-        :func:`box_area` of the result is the intersection area.
-    """
-    a, b = _match(_as_boxes(a, 'a'), _as_boxes(b, 'b'))
-    x1 = _maximum(a[..., 0], b[..., 0])
-    y1 = _maximum(a[..., 1], b[..., 1])
-    x2 = _maximum(_minimum(a[..., 2], b[..., 2]), x1)
-    y2 = _maximum(_minimum(a[..., 3], b[..., 3]), y1)
-    return _stack([x1, y1, x2, y2])
-
-
-def overlap_in_crop_coords(box_a: BoxLike,
-                           box_b: BoxLike,
-                           out_size: Union[int, Sequence[int]],
-                           flip_a: Union[bool, np.ndarray, torch.Tensor] = False
-                           ) -> Union[np.ndarray, torch.Tensor]:
-    """The overlap of crop ``a`` and crop ``b``, in the output pixel coordinates of crop ``a``.
-
-    Crop ``a`` covers ``box_a`` of the original image and was resized to ``out_size`` (then
-    horizontally flipped if ``flip_a``). The returned box is where ``box_a ∩ box_b`` lies in that
-    crop image, in the same continuous convention (pixel ``(i, j)`` covers ``[j, j+1) x [i, i+1)``),
-    i.e. ready for ``RoIAlign(aligned=True)`` on a feature map after dividing by the patch size.
-
-    Args:
-        box_a: ``[..., 4]`` original-image box of crop ``a`` (numpy, torch or a sequence).
-        box_b: ``[..., 4]`` original-image box of crop ``b``, broadcastable with ``box_a``.
-        out_size (int | tuple[int, int]): Output size of crop ``a`` as ``s`` or ``(h, w)``.
-        flip_a (bool | array): Whether crop ``a`` was flipped horizontally after resizing;
-            a bool or a ``[...]`` array broadcastable with the boxes' leading dims.
-
-    Returns:
-        ``[..., 4]`` boxes ``(x1, y1, x2, y2)`` in crop-``a`` pixels; zero-area when the crops do
-        not overlap (check with :func:`box_area`).
-    """
-    out_h, out_w = _to_hw(out_size, 'out_size')
-    box_a, box_b = _match(_as_boxes(box_a, 'box_a'), _as_boxes(box_b, 'box_b'))
-    inter = box_intersection(box_a, box_b)
-    inter, box_a = _match(inter, box_a)
-    sx = out_w / (box_a[..., 2] - box_a[..., 0])
-    sy = out_h / (box_a[..., 3] - box_a[..., 1])
-    x1 = (inter[..., 0] - box_a[..., 0]) * sx
-    x2 = (inter[..., 2] - box_a[..., 0]) * sx
-    y1 = (inter[..., 1] - box_a[..., 1]) * sy
-    y2 = (inter[..., 3] - box_a[..., 1]) * sy
-    if isinstance(flip_a, torch.Tensor) or isinstance(flip_a, np.ndarray) or flip_a:
-        if isinstance(x1, torch.Tensor):
-            f = torch.as_tensor(flip_a, dtype=torch.bool, device=x1.device)
-            fx1 = torch.where(f, out_w - x2, x1)
-            fx2 = torch.where(f, out_w - x1, x2)
-        else:
-            f = np.asarray(flip_a, dtype=bool)
-            fx1 = np.where(f, out_w - x2, x1)
-            fx2 = np.where(f, out_w - x1, x2)
-        x1, x2 = fx1, fx2
-    return _stack([x1, y1, x2, y2])
 
 
 def crop_and_resize(img: np.ndarray,
@@ -233,7 +97,7 @@ def crop_and_resize(img: np.ndarray,
     Returns:
         np.ndarray: ``out_h x out_w (x C)`` crop, C-contiguous.
     """
-    out_h, out_w = _to_hw(out_size, 'out_size')
+    out_h, out_w = as_hw(out_size, 'out_size')
     x1, y1, x2, y2 = (int(round(v)) for v in box)
     crop = img[y1:y2, x1:x2]
     if crop.size == 0:
@@ -346,11 +210,11 @@ class GeometricMultiView(BaseTransform):
             raise ValueError('num_global + num_local must be at least 1, got 0')
         self.num_global = num_global
         self.num_local = num_local
-        self.global_size = _to_hw(global_size, 'global_size')
-        self.local_size = _to_hw(local_size, 'local_size')
-        self.global_scale = _check_range(global_scale, 'global_scale', 0.0, 1.0)
-        self.local_scale = _check_range(local_scale, 'local_scale', 0.0, 1.0)
-        self.ratio = _check_range(ratio, 'ratio')
+        self.global_size = as_hw(global_size, 'global_size')
+        self.local_size = as_hw(local_size, 'local_size')
+        self.global_scale = check_range(global_scale, 'global_scale', 0.0, 1.0)
+        self.local_scale = check_range(local_scale, 'local_scale', 0.0, 1.0)
+        self.ratio = check_range(ratio, 'ratio')
         if not 0.0 <= float(flip_prob) <= 1.0:
             raise ValueError(f'flip_prob must be in [0, 1], got {flip_prob!r}')
         self.flip_prob = float(flip_prob)
@@ -482,6 +346,5 @@ class GeometricMultiView(BaseTransform):
 
 
 __all__ = [
-    'sample_crop_box', 'box_area', 'box_intersection', 'overlap_in_crop_coords',
-    'crop_and_resize', 'GeometricMultiView'
+    'sample_crop_box', 'crop_and_resize', 'GeometricMultiView'
 ]

@@ -23,48 +23,19 @@ Box convention: ``(x1, y1, x2, y2)`` integer patch indices, ``x2``/``y2`` exclus
 covers ``mask[y1:y2, x1:x2]``.
 """
 import math
-from typing import Any, Dict, Optional, Sequence, Tuple, Union
+from typing import Dict, Optional, Sequence, Tuple, Union
 
 import numpy as np
 from mmcv.transforms import BaseTransform
 from mmpretrain.registry import TRANSFORMS
 
-RNG = Union[np.random.Generator, np.random.RandomState, Any]
+from cotap_mm.structures.boxes import sample_grid_box
+from cotap_mm.structures.sampling import RNG, as_hw, check_range, rand_int, rand_uniform
+
 
 __all__ = [
-    'sample_cut_ratio', 'sample_grid_box', 'region_cutout_mask', 'RegionCollaborativeCutout'
+    'sample_cut_ratio', 'region_cutout_mask', 'RegionCollaborativeCutout'
 ]
-
-
-def _grid_hw(grid_hw: Union[int, Sequence[int]], name: str = 'grid_hw') -> Tuple[int, int]:
-    if isinstance(grid_hw, (int, np.integer)) and not isinstance(grid_hw, bool):
-        grid_hw = (int(grid_hw), int(grid_hw))
-    if (not isinstance(grid_hw, (tuple, list)) or len(grid_hw) != 2 or not all(
-            isinstance(s, (int, np.integer)) and not isinstance(s, bool) and s > 0
-            for s in grid_hw)):
-        raise ValueError(f'{name} must be a positive int or an (h, w) pair of positive ints, '
-                         f'got {grid_hw!r}')
-    return int(grid_hw[0]), int(grid_hw[1])
-
-
-def _range(value: Sequence[float], name: str, low: float, high: float) -> Tuple[float, float]:
-    if not isinstance(value, (tuple, list)) or len(value) != 2:
-        raise ValueError(f'{name} must be a (min, max) pair, got {value!r}')
-    lo, hi = float(value[0]), float(value[1])
-    if not low < lo <= hi <= high:
-        raise ValueError(f'{name} must satisfy {low} < min <= max <= {high}, got {value!r}')
-    return lo, hi
-
-
-def _uniform(rng: RNG, low: float, high: float) -> float:
-    return float(rng.uniform(low, high))
-
-
-def _randint(rng: RNG, low: int, high: int) -> int:
-    """Uniform integer in ``[low, high]`` (inclusive) from a Generator, RandomState or np.random."""
-    if isinstance(rng, np.random.Generator):
-        return int(rng.integers(low, high + 1))
-    return int(rng.randint(low, high + 1))
 
 
 def sample_cut_ratio(rng: RNG,
@@ -92,51 +63,8 @@ def sample_cut_ratio(rng: RNG,
         if not (0.0 <= v <= r and r + v < 1.0):
             raise ValueError('each pred_ratio r and pred_ratio_var v must satisfy 0 <= v <= r and '
                              f'r + v < 1, got r={r}, v={v}')
-    jittered = [_uniform(rng, r - v, r + v) if v > 0 else r for r, v in zip(ratios, vars_)]
-    return jittered[_randint(rng, 0, len(jittered) - 1)]
-
-
-def sample_grid_box(grid_hw: Union[int, Sequence[int]],
-                    rng: RNG,
-                    area: Tuple[float, float] = (0.12, 0.30),
-                    aspect: Tuple[float, float] = (0.5, 2.0),
-                    center_y: Optional[Tuple[float, float]] = None,
-                    center_x: Optional[Tuple[float, float]] = None) -> Tuple[int, int, int, int]:
-    """One box on the patch grid: area fraction ~ ``U(area)``, aspect (w/h) log-uniform in
-    ``aspect``.
-
-    With a centre range (continuous patch coordinates) the centre is uniform in it and the box is
-    *clipped* to the grid (RCC). Without one, the box is placed uniformly where it fits entirely
-    (random object boxes of the de-positioning branch).
-
-    Args:
-        grid_hw (int | tuple[int, int]): patch grid (h, w).
-        rng: numpy random generator / RandomState / module.
-        area (tuple[float, float]): area fraction range of the grid. Defaults to (0.12, 0.30).
-        aspect (tuple[float, float]): aspect-ratio (w/h) range. Defaults to (0.5, 2.0).
-        center_y (tuple[float, float], optional): range of the centre row.
-        center_x (tuple[float, float], optional): range of the centre column.
-
-    Returns:
-        tuple[int, int, int, int]: ``(x1, y1, x2, y2)``, at least one patch, inside the grid.
-    """
-    h, w = _grid_hw(grid_hw)
-    area = _range(area, 'area', 0.0, 1.0)
-    aspect = _range(aspect, 'aspect', 0.0, math.inf)
-    target = _uniform(rng, *area) * h * w
-    ar = math.exp(_uniform(rng, math.log(aspect[0]), math.log(aspect[1])))
-    bh = min(max(math.sqrt(target / ar), 1.0), float(h))
-    bw = min(max(math.sqrt(target * ar), 1.0), float(w))
-    if center_y is None or center_x is None:
-        ih, iw = max(1, int(round(bh))), max(1, int(round(bw)))
-        y1, x1 = _randint(rng, 0, h - ih), _randint(rng, 0, w - iw)
-        return x1, y1, x1 + iw, y1 + ih
-    cy, cx = _uniform(rng, *center_y), _uniform(rng, *center_x)
-    y1 = min(max(int(round(cy - bh / 2)), 0), h - 1)
-    x1 = min(max(int(round(cx - bw / 2)), 0), w - 1)
-    y2 = min(max(int(round(cy + bh / 2)), y1 + 1), h)
-    x2 = min(max(int(round(cx + bw / 2)), x1 + 1), w)
-    return x1, y1, x2, y2
+    jittered = [rand_uniform(rng, r - v, r + v) if v > 0 else r for r, v in zip(ratios, vars_)]
+    return jittered[rand_int(rng, 0, len(jittered) - 1)]
 
 
 def region_cutout_mask(grid_hw: Union[int, Sequence[int]],
@@ -167,8 +95,8 @@ def region_cutout_mask(grid_hw: Union[int, Sequence[int]],
         np.ndarray: bool ``[h, w]``, True = cut. With ``return_boxes``: ``(mask, boxes, r)``,
         boxes int64 ``[rows * cols, 4]`` ``(x1, y1, x2, y2)`` in cell order (row-major).
     """
-    h, w = _grid_hw(grid_hw)
-    rows, cols = _grid_hw(num_cells, 'num_cells')
+    h, w = as_hw(grid_hw, 'grid_hw')
+    rows, cols = as_hw(num_cells, 'num_cells')
     r = sample_cut_ratio(rng, pred_ratio, pred_ratio_var) if ratio is None else float(ratio)
     if not 0.0 <= r < 1.0:
         raise ValueError(f'ratio must be in [0, 1), got {ratio!r}')
@@ -200,8 +128,8 @@ def region_cutout_mask(grid_hw: Union[int, Sequence[int]],
             tw = min(max(int(round(math.sqrt(target * ar))), 0), bw)
             if th == 0 or tw == 0:
                 continue
-            ty = y1 + _randint(rng, 0, bh - th)
-            tx = x1 + _randint(rng, 0, bw - tw)
+            ty = y1 + rand_int(rng, 0, bh - th)
+            tx = x1 + rand_int(rng, 0, bw - tw)
             mask[ty:ty + th, tx:tx + tw] = True
     if return_boxes:
         return mask, boxes_np, r
@@ -216,7 +144,7 @@ class RegionCollaborativeCutout(BaseTransform):
     <https://arxiv.org/abs/2303.16947>`_; recipe of the successor (ICLR 2024, official
     ``loader.py``): see :func:`region_cutout_mask`. The masks serve as iBOT's masked-image-modeling
     masks and as the cut regions of the de-coupling branch
-    (:mod:`cotap_mm.models.algorithms.ddssl_ops`). The images are not changed: the cut-out happens
+    (:mod:`cotap_mm.models.utils.decoupling`). The images are not changed: the cut-out happens
     on tokens inside the model.
 
     Adds ``results[key]``: bool ``[M, h, w]`` numpy array, one mask per view, and
@@ -252,7 +180,7 @@ class RegionCollaborativeCutout(BaseTransform):
                  seed: Optional[int] = None) -> None:
         if grid_size is None and patch_size is None:
             raise ValueError('RegionCollaborativeCutout needs grid_size or patch_size')
-        self.grid_size = None if grid_size is None else _grid_hw(grid_size, 'grid_size')
+        self.grid_size = None if grid_size is None else as_hw(grid_size, 'grid_size')
         if patch_size is not None and (isinstance(patch_size, bool)
                                        or not isinstance(patch_size, int) or patch_size < 1):
             raise ValueError(f'patch_size must be a positive int, got {patch_size!r}')
@@ -265,9 +193,9 @@ class RegionCollaborativeCutout(BaseTransform):
         sample_cut_ratio(np.random.RandomState(0), pred_ratio, pred_ratio_var)
         self.pred_ratio = pred_ratio
         self.pred_ratio_var = pred_ratio_var
-        self.num_cells = _grid_hw(num_cells, 'num_cells')
-        self.box_area = _range(box_area, 'box_area', 0.0, 1.0)
-        self.box_aspect = _range(box_aspect, 'box_aspect', 0.0, math.inf)
+        self.num_cells = as_hw(num_cells, 'num_cells')
+        self.box_area = check_range(box_area, 'box_area', 0.0, 1.0)
+        self.box_aspect = check_range(box_aspect, 'box_aspect', 0.0, math.inf)
         self.key = key
         self.seed = seed
         self._rng = np.random.RandomState(seed) if seed is not None else None

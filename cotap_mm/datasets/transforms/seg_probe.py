@@ -19,7 +19,8 @@ import numpy as np
 from mmcv.transforms import BaseTransform
 from mmpretrain.registry import TRANSFORMS
 
-from .geometric_views import _check_range, _to_hw, crop_and_resize, sample_crop_box
+from cotap_mm.structures.sampling import as_hw, check_range
+from .geometric_views import crop_and_resize, sample_crop_box
 
 __all__ = ['SegRandomResizedCrop', 'SetOriShapeToImgShape']
 
@@ -52,9 +53,9 @@ class SegRandomResizedCrop(BaseTransform):
                  ratio: Tuple[float, float] = (3. / 4., 4. / 3.),
                  interpolation: str = 'bilinear',
                  backend: str = 'pillow') -> None:
-        self.size = _to_hw(size, 'SegRandomResizedCrop size')
-        self.scale = _check_range(scale, 'SegRandomResizedCrop scale', 0.0, 1.0)
-        self.ratio = _check_range(ratio, 'SegRandomResizedCrop ratio')
+        self.size = as_hw(size, 'SegRandomResizedCrop size')
+        self.scale = check_range(scale, 'SegRandomResizedCrop scale', 0.0, 1.0)
+        self.ratio = check_range(ratio, 'SegRandomResizedCrop ratio')
         if backend not in ('pillow', 'cv2'):
             raise ValueError(f"SegRandomResizedCrop backend must be 'pillow' or 'cv2', got "
                              f'{backend!r}')

@@ -1,8 +1,7 @@
 """EMA teacher update for student/teacher self-distillation (DINO-style cosine momentum)."""
 import math
-from typing import Optional, Sequence, Tuple
+from typing import Optional
 
-import torch
 import torch.nn as nn
 from mmengine.hooks import Hook
 from mmengine.model import is_model_wrapper
@@ -33,167 +32,85 @@ def cosine_momentum(step: int, max_steps: int, start: float, end: float) -> floa
     return end - (end - start) * (math.cos(math.pi * t / max_steps) + 1.0) / 2.0
 
 
-def _paired(teacher: nn.Module, student: nn.Module, what: str) -> Sequence[Tuple[str, torch.Tensor,
-                                                                                 torch.Tensor]]:
-    get = (lambda m: dict(m.named_parameters())) if what == 'parameters' else (
-        lambda m: dict(m.named_buffers()))
-    t_items, s_items = get(teacher), get(student)
-    if t_items.keys() != s_items.keys():
-        missing = sorted(set(s_items) - set(t_items))[:5]
-        extra = sorted(set(t_items) - set(s_items))[:5]
-        raise ValueError(f'teacher and student must have the same {what}; teacher lacks '
-                         f'{missing}, teacher has extra {extra}')
-    pairs = []
-    for name, t in t_items.items():
-        s = s_items[name]
-        if t.shape != s.shape:
-            raise ValueError(f'teacher and student {what[:-1]} {name!r} differ in shape: '
-                             f'{tuple(t.shape)} vs {tuple(s.shape)}')
-        pairs.append((name, t, s))
-    return pairs
-
-
-def check_teacher_student(teacher: nn.Module, student: nn.Module) -> None:
-    """Raise ``ValueError`` unless both modules have the same parameter and buffer names/shapes."""
-    _paired(teacher, student, 'parameters')
-    _paired(teacher, student, 'buffers')
-
-
-@torch.no_grad()
-def ema_update_(teacher: nn.Module, student: nn.Module, momentum: float) -> None:
-    """In place: ``teacher_p = momentum * teacher_p + (1 - momentum) * student_p``; buffers copied.
-
-    Args:
-        teacher (nn.Module): The EMA model, updated in place.
-        student (nn.Module): The online model, same structure (parameter and buffer names).
-        momentum (float): In [0, 1]; 1 keeps the teacher, 0 copies the student.
-    """
-    if not 0.0 <= momentum <= 1.0:
-        raise ValueError(f'momentum must be in [0, 1], got {momentum!r}')
-    for _, t, s in _paired(teacher, student, 'parameters'):
-        if t.is_floating_point():
-            t.mul_(momentum).add_(s.detach().to(t.dtype), alpha=1.0 - momentum)
-        else:
-            t.copy_(s)
-    for _, t, s in _paired(teacher, student, 'buffers'):
-        t.copy_(s)
-
-
-@torch.no_grad()
-def copy_student_to_teacher_(teacher: nn.Module, student: nn.Module) -> None:
-    """In place: teacher parameters and buffers := student's (same structure required)."""
-    for _, t, s in _paired(teacher, student, 'parameters'):
-        t.copy_(s)
-    for _, t, s in _paired(teacher, student, 'buffers'):
-        t.copy_(s)
-
-
 @HOOKS.register_module()
 class EMATeacherHook(Hook):
-    """Update an EMA teacher from the student after every optimiser step, DINO-style.
+    """Schedule the EMA teacher's momentum and update the teacher after every optimiser step.
 
-    Used by CoTAP (`arXiv 2509.09429 <https://arxiv.org/abs/2509.09429>`_): the teacher is the
-    exponential moving average of the student, ``teacher = m * teacher + (1 - m) * student`` for
-    parameters (buffers are copied), with ``m`` following DINO's cosine schedule from
-    ``momentum`` = 0.9997 (CoTAP's ``training.ema``) to ``end_momentum`` = 0.9999 over the run
-    (:func:`cosine_momentum` at ``t = runner.iter``, ``T = runner.max_iters``). The current
-    momentum is logged as ``train/ema_momentum``.
+    The model (unwrapped from DDP) is a
+    :class:`~cotap_mm.models.algorithms.base.TeacherStudentSelfSupervisor`: the hook calls its
+    ``init_teacher()`` before training and ``update_teacher(m)`` after each optimiser step, with
+    ``m`` following DINO's cosine schedule from ``momentum`` to ``end_momentum`` over the run
+    (:func:`cosine_momentum` at ``t = runner.iter``, ``T = runner.max_iters``), logged as
+    ``train/ema_momentum``. Iterations without an optimiser step (gradient accumulation,
+    ``optim_wrapper.should_update()`` False) leave the teacher alone. Every rank applies the same
+    update to identical students, so the teachers stay identical without a collective.
 
-    The teacher and student are submodules of the (unwrapped) model named by ``teacher_name`` and
-    ``student_name`` (dotted paths allowed) with identical parameter and buffer names. The hook
-    keeps teacher parameters at ``requires_grad=False`` (the model should already do so in its
-    ``__init__``, before DDP wraps it).
-
-    Initialisation (``before_train``, which mmengine runs after ``load_from`` / ``resume``): the
-    teacher state is part of the model's ``state_dict``, so a resumed or loaded teacher must not
-    be overwritten. With ``init_teacher='auto'``: if the model has a buffer named
-    ``init_flag_name`` (e.g. ``self.register_buffer('teacher_initialized',
-    torch.tensor(False))``), the student is copied into the teacher only when the flag is False,
-    and the flag is then set (it is saved with the checkpoint, so this also covers ``load_from``
-    of a trained model); without such a buffer, the student is copied only when
-    ``runner.iter == 0`` (a fresh run; a resumed run starts at the saved iteration).
+    Before training (after ``load_from`` / ``resume``): with ``init_teacher='auto'`` the student is
+    copied into the teacher only when the model's ``teacher_initialized`` buffer is False (a fresh
+    run, or a start checkpoint without a teacher); a loaded or resumed teacher is kept.
     ``'always'`` / ``'never'`` force the choice.
 
-    Distributed training: each rank applies the same update to identical student weights (DDP
-    keeps them in sync), so the teachers stay identical without any collective.
-
-    Gradient accumulation: when the optimiser wrapper reports (``should_update()``) that no
-    optimiser step happened this iteration, the teacher is not updated.
-
     Args:
-        momentum (float): Momentum at the start of training. Defaults to 0.9997.
-        end_momentum (float): Momentum at the end of training. Defaults to 0.9999.
-        teacher_name (str): Attribute path of the teacher in the model. Defaults to 'teacher'.
-        student_name (str): Attribute path of the student in the model. Defaults to 'student'.
+        momentum (float): momentum at the start of training. Defaults to 0.9997.
+        end_momentum (float): momentum at the end of training. Defaults to 0.9999.
         init_teacher (str): 'auto', 'always' or 'never'. Defaults to 'auto'.
-        init_flag_name (str | None): Name of an optional bool buffer of the model that records
-            whether the teacher was initialised. Defaults to 'teacher_initialized'.
+        teacher_name, student_name, init_flag_name: accepted for configs written for earlier
+            versions; only their old defaults ('teacher', 'student', 'teacher_initialized') are
+            valid.
     """
 
     priority = 'NORMAL'
+    _OLD_DEFAULTS = dict(teacher_name='teacher', student_name='student',
+                         init_flag_name='teacher_initialized')
 
     def __init__(self,
                  momentum: float = 0.9997,
                  end_momentum: float = 0.9999,
-                 teacher_name: str = 'teacher',
-                 student_name: str = 'student',
                  init_teacher: str = 'auto',
-                 init_flag_name: Optional[str] = 'teacher_initialized') -> None:
+                 **old_names: str) -> None:
         for name, val in (('momentum', momentum), ('end_momentum', end_momentum)):
             if not isinstance(val, (int, float)) or not 0.0 <= val <= 1.0:
                 raise ValueError(f'{name} must be a float in [0, 1], got {val!r}')
         if init_teacher not in ('auto', 'always', 'never'):
             raise ValueError(f"init_teacher must be 'auto', 'always' or 'never', "
                              f'got {init_teacher!r}')
+        for key, val in old_names.items():
+            if self._OLD_DEFAULTS.get(key, object()) != val:
+                raise TypeError(f'EMATeacherHook got {key}={val!r}: the hook now calls the '
+                                "model's init_teacher() / update_teacher() (TeacherStudent"
+                                'SelfSupervisor); accepted old arguments: '
+                                f'{self._OLD_DEFAULTS}')
         self.momentum = float(momentum)
         self.end_momentum = float(end_momentum)
-        self.teacher_name = teacher_name
-        self.student_name = student_name
         self.init_teacher = init_teacher
-        self.init_flag_name = init_flag_name
 
-    def _modules(self, runner) -> Tuple[nn.Module, nn.Module, nn.Module]:
+    @staticmethod
+    def _model(runner) -> nn.Module:
         model = runner.model.module if is_model_wrapper(runner.model) else runner.model
-        mods = []
-        for name in (self.teacher_name, self.student_name):
-            try:
-                mod = model.get_submodule(name)
-            except AttributeError as e:
-                raise AttributeError(f'EMATeacherHook: the model {type(model).__name__} has no '
-                                     f'submodule {name!r}') from e
-            mods.append(mod)
-        return model, mods[0], mods[1]
-
-    def _flag(self, model: nn.Module) -> Optional[torch.Tensor]:
-        if not self.init_flag_name:
-            return None
-        flag = getattr(model, self.init_flag_name, None)
-        return flag if isinstance(flag, torch.Tensor) else None
+        for attr in ('init_teacher', 'update_teacher', 'teacher', 'teacher_initialized'):
+            if not hasattr(model, attr):
+                raise TypeError(f'EMATeacherHook needs a TeacherStudentSelfSupervisor (with '
+                                f'init_teacher, update_teacher, teacher, teacher_initialized); '
+                                f'{type(model).__name__} has no {attr!r}')
+        return model
 
     def before_train(self, runner) -> None:
-        model, teacher, student = self._modules(runner)
-        check_teacher_student(teacher, student)
-        if any(p.requires_grad for p in teacher.parameters()):
+        model = self._model(runner)
+        if any(p.requires_grad for p in model.teacher.parameters()):
             runner.logger.warning('EMATeacherHook: teacher parameters require grad; setting '
                                   'requires_grad=False (do it in the model __init__ for DDP).')
-            teacher.requires_grad_(False)
-        flag = self._flag(model)
-        if self.init_teacher == 'always':
-            do_copy = True
-        elif self.init_teacher == 'never':
-            do_copy = False
-        elif flag is not None:
-            do_copy = not bool(flag.item())
+            model.teacher.requires_grad_(False)
+        if self.init_teacher == 'auto':
+            do_copy = not bool(model.teacher_initialized)
         else:
-            do_copy = runner.iter == 0
+            do_copy = self.init_teacher == 'always'
         if do_copy:
-            copy_student_to_teacher_(teacher, student)
+            model.init_teacher()
             runner.logger.info('EMATeacherHook: teacher initialised from the student.')
         else:
+            model.teacher_initialized.fill_(True)
             runner.logger.info('EMATeacherHook: keeping the loaded/resumed teacher '
                                f'(iter {runner.iter}).')
-        if flag is not None:
-            flag.fill_(True)
 
     def after_train_iter(self,
                          runner,
@@ -203,13 +120,9 @@ class EMATeacherHook(Hook):
         should_update = getattr(runner.optim_wrapper, 'should_update', None)
         if callable(should_update) and not should_update():
             return
-        _, teacher, student = self._modules(runner)
         m = cosine_momentum(runner.iter, runner.max_iters, self.momentum, self.end_momentum)
-        ema_update_(teacher, student, m)
+        self._model(runner).update_teacher(m)
         runner.message_hub.update_scalar('train/ema_momentum', m)
 
 
-__all__ = [
-    'cosine_momentum', 'ema_update_', 'copy_student_to_teacher_', 'check_teacher_student',
-    'EMATeacherHook'
-]
+__all__ = ['cosine_momentum', 'EMATeacherHook']

@@ -1,10 +1,10 @@
 """Refuse ``load_from`` / resume checkpoints whose backbone does not fit the model."""
-import re
 
 from mmengine.hooks import Hook
 from mmpretrain.registry import HOOKS
 
 from cotap_mm.utils.start_weights import check_start_weights
+from cotap_mm.utils.state_dict import find_state_dict
 from .atomic_checkpoint_hook import unwrap
 
 
@@ -33,8 +33,7 @@ class StartWeightsHook(Hook):
         self.checked_prefix = str(checked_prefix)
 
     def after_load_checkpoint(self, runner, checkpoint: dict) -> None:
-        state = checkpoint.get('state_dict', checkpoint)
-        state = {re.sub(r'^module\.', '', k): v for k, v in state.items()}
+        state = find_state_dict(checkpoint, str(runner._load_from))
         what = 'resume' if runner._resume else 'load_from'
         check_start_weights(unwrap(runner.model).state_dict(), state,
                             source=str(runner._load_from), strict=self.strict,

@@ -10,21 +10,22 @@ from typing import Dict, List, Optional, Tuple, Union
 
 import torch
 import torch.nn as nn
-from mmpretrain.models.selfsup.base import BaseSelfSupervisor
 from mmpretrain.registry import MODELS
 from mmpretrain.structures import DataSample
 
 from ..losses.dino_cls_loss import collapse_log_vars
-from .ddssl_ops import (DecouplingBatch, DecouplingBranch, DepositioningBranch, box_pool_tokens,
-                        encode_with_edits, masks_from_data_samples)
-from .module_builder import build_module
-from .teacher_student import TeacherStudentMixin
+from ..utils.decoupling import DecouplingBranch, masks_from_data_samples
+from ..utils.depositioning import DepositioningBranch
+from ..utils.extra_rows import stack_extra_rows
+from ..utils.module_builder import build_module
+from ..utils.region_pooling import box_pool_tokens
+from .base import TeacherStudentSelfSupervisor, first_view
 
 __all__ = ['DDSSLiBOT']
 
 
 @MODELS.register_module()
-class DDSSLiBOT(TeacherStudentMixin, BaseSelfSupervisor):
+class DDSSLiBOT(TeacherStudentSelfSupervisor):
     """iBOT (masked patch self-distillation + [CLS] DINO loss) with the de-coupling branch.
 
     Paper: `Mind Your Augmentation <https://openreview.net/forum?id=WQYHbr36Fo>`_ (successor of
@@ -121,7 +122,7 @@ class DDSSLiBOT(TeacherStudentMixin, BaseSelfSupervisor):
         self.decoupling = DecouplingBranch(**decoupling) if decoupling else None
         self.depositioning = DepositioningBranch(**depositioning) if depositioning else None
 
-        self._init_teacher(('backbone', 'cls_head') + (
+        self.build_teacher(('backbone', 'cls_head') + (
             ('patch_head', ) if self.patch_head is not None else ()))
         self.teacher.eval()
 
@@ -147,8 +148,8 @@ class DDSSLiBOT(TeacherStudentMixin, BaseSelfSupervisor):
         Returns:
             Tensor: [B, C, h, w].
         """
-        x = inputs[0] if isinstance(inputs, (list, tuple)) else inputs
-        tokens, (h, w) = encode_with_edits(self.backbone, x)
+        x = first_view(inputs)
+        tokens, (h, w), _ = self.backbone.forward_tokens(x, final_norm=True)
         e = self.backbone.num_extra_tokens
         return tokens[:, e:].transpose(1, 2).reshape(x.shape[0], -1, h, w)
 
@@ -203,53 +204,42 @@ class DDSSLiBOT(TeacherStudentMixin, BaseSelfSupervisor):
         N = hw[0] * hw[1]
 
         # ---- student rows: G normal view batches, de-coupling rows, de-positioning rows
-        dc = self.decoupling or DecouplingBranch(prob=0.0)
-        dc_batch: DecouplingBatch = dc.build(views[:G], masks)
-        rows, replace, donors = [dc_batch.images], [dc_batch.replace], [dc_batch.donor_index]
-        offset = dc_batch.images.shape[0]
-        dp_batches = []
-        if self.depositioning is not None:
-            for g in range(G):
-                dp = self.depositioning.build(views[g], hw, g, data_samples)
-                if dp is None:
-                    continue
-                K = dp.images.shape[0]
-                dp_batches.append((g, offset, dp))
-                rows.append(dp.images)
-                replace.append(torch.zeros(K, N, dtype=torch.bool, device=masks.device))
-                donors.append(torch.arange(offset, offset + K, device=masks.device))
-                offset += K
-        x = torch.cat(rows)
-        mim = torch.zeros(x.shape[0], N, dtype=torch.bool, device=masks.device)
+        rows = stack_extra_rows(views[:G], hw, self.decoupling, self.depositioning, masks,
+                                data_samples)
+        mim = torch.zeros(rows.images.shape[0], N, dtype=torch.bool, device=masks.device)
         mim[:G * B] = masks.reshape(G * B, N)
-        s_tokens, s_hw = encode_with_edits(self.backbone, x, replace=torch.cat(replace),
-                                           donor_index=torch.cat(donors), mim_mask=mim,
-                                           mask_token=self.mask_token)
+        s_tokens, s_hw, _ = self.backbone.forward_tokens(
+            rows.images, final_norm=True, replace=rows.replace, donor_index=rows.donor_index,
+            mim_mask=mim, mask_token=self.mask_token)
         if tuple(s_hw) != hw:
             raise ValueError(f'the {self.mask_key} masks are {hw} but the views give a '
                              f'{tuple(s_hw)} patch grid')
         s_cls = [s_tokens[:G * B, 0]]
         for v in views[G:]:  # local crops: [CLS] loss only, no masking
-            s_cls.append(encode_with_edits(self.backbone, v)[0][:, 0])
+            s_cls.append(self.backbone.forward_tokens(v, final_norm=True).tokens[:, 0])
 
         # ---- teacher: clean global views
         with torch.no_grad():
-            t_tokens, _ = encode_with_edits(self.teacher['backbone'], torch.cat(views[:G]))
+            t_tokens = self.teacher['backbone'].forward_tokens(torch.cat(views[:G]),
+                                                               final_norm=True).tokens
             t_cls_logits, t_patch_logits = self._head_logits(self.teacher, t_tokens[:, 0],
                                                              t_tokens[:, e:])
         t_patch_logits = t_patch_logits.reshape(G, B, N, -1)
 
         losses: Dict[str, torch.Tensor] = {}
         s_cls_logits = self.cls_head(torch.cat(s_cls)).reshape(len(views), B, -1)
-        n_dense = G * (B + dc_batch.num_extra)
-        s_patch_logits = self._patch_head_of(self)(s_tokens[:n_dense, e:])
-        s_normal, s_extra = DecouplingBranch.split(s_patch_logits, dc_batch)
+        E = rows.num_extra
+        s_patch_logits = self._patch_head_of(self)(s_tokens[:G * (B + E), e:])
+        s_normal = s_patch_logits[:G * B].reshape(G, B, *s_patch_logits.shape[1:])
+        s_extra = s_patch_logits[G * B:].reshape(G, E, *s_patch_logits.shape[1:])
         # the extra terms first: they use the centre before this step's update (as iBOT)
         if self.decoupling is not None:
-            losses['loss_dc'] = self.decoupling.loss(self.patch_loss.cross_entropy, s_extra,
-                                                     t_patch_logits, dc_batch)
+            losses['loss_dc'] = (s_extra.sum() * 0.0 if rows.decoupling is None else
+                                 self.decoupling.loss(self.patch_loss.cross_entropy, s_extra,
+                                                      t_patch_logits, rows.decoupling))
         if self.depositioning is not None:
-            losses['loss_depos'] = self._depos_term(dp_batches, s_tokens, t_tokens, hw, B, e)
+            losses['loss_depos'] = self._depos_term(rows.depositioning, s_tokens, t_tokens, hw,
+                                                    B, e)
         losses['loss_cls'] = self.cls_loss(s_cls_logits, t_cls_logits.reshape(G, B, -1),
                                            list(range(len(views))), list(range(G)))
         losses.update(collapse_log_vars(self.cls_loss, 'cls_'))  # logged, not summed

@@ -14,25 +14,13 @@ from mmengine.runner.checkpoint import _load_checkpoint
 from mmpretrain.models.backbones.base_backbone import BaseBackbone
 from mmpretrain.registry import MODELS
 
-from ..necks.object_prototype_neck import ObjectPrototypeNeck
+from cotap_mm.utils.state_dict import find_state_dict
+from ..necks.object_prototype_neck import ObjectPrototypeNeck, filtered_forward, tokens_to_map
 from .cotap_vit import CoTAPViT
 
 __all__ = ['CoTAPFilteredViT', 'split_filtered_state_dict']
 
 _PARTS = ('backbone', 'neck')
-
-
-def _checkpoint_state_dict(ckpt: Any, source: str) -> Mapping[str, torch.Tensor]:
-    """The tensor state dict of a loaded checkpoint (``state_dict`` / ``model`` entry, or bare)."""
-    if not isinstance(ckpt, Mapping):
-        raise ValueError(f'{source}: expected a checkpoint dict, got {type(ckpt).__name__}')
-    for key in ('state_dict', 'model'):
-        if key in ckpt and isinstance(ckpt[key], Mapping):
-            return ckpt[key]
-    if ckpt and all(isinstance(v, torch.Tensor) for v in ckpt.values()):
-        return ckpt
-    raise ValueError(f"{source}: no 'state_dict' / 'model' entry and not a bare state dict; top-level "
-                     f'keys: {sorted(map(str, ckpt))[:20]}')
 
 
 def split_filtered_state_dict(state_dict: Mapping[str, Any], prefix: str = '',
@@ -208,7 +196,7 @@ class CoTAPFilteredViT(BaseBackbone):
         print_log(f'CoTAPFilteredViT: load {prefix or "(student) "}backbone.* + {prefix}neck.* from '
                   f'{checkpoint}', logger='current')
         ckpt = _load_checkpoint(checkpoint, map_location=map_location, logger='current')
-        state_dict = _checkpoint_state_dict(ckpt, str(checkpoint))
+        state_dict = find_state_dict(ckpt, str(checkpoint), strip_module=False)
         parts = split_filtered_state_dict(state_dict, prefix, source=str(checkpoint))
         if prefix.startswith('teacher') and 'teacher_initialized' in state_dict \
                 and not bool(state_dict['teacher_initialized']):
@@ -227,7 +215,7 @@ class CoTAPFilteredViT(BaseBackbone):
                                'False)')
 
     def _check_prototypes(self, where: str) -> None:
-        if not bool(self.neck.prototypes_initialized):
+        if not self.neck.initialized:
             raise RuntimeError(
                 f'CoTAPFilteredViT: the object-aware filter prototypes are not initialised: {where}. '
                 'CoTAP sets them by k-means once its prototype bank is full (bank_size / '
@@ -244,7 +232,5 @@ class CoTAPFilteredViT(BaseBackbone):
     def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor]:
         """Images [B, 3, H, W] -> ``(features [B, 2C, H/p, W/p],)`` (mmseg's tuple of levels)."""
         self._check_prototypes('this model was not loaded from a CoTAP checkpoint')
-        tokens, (h, w) = self.backbone.forward_pre_last(x)
-        _, patches = self.neck(tokens, (h, w), self.backbone.last_block)
-        B, N, D = patches.shape
-        return (patches.transpose(1, 2).reshape(B, D, h, w), )
+        out = filtered_forward(self.backbone, self.neck, x)
+        return (tokens_to_map(out.patches, out.hw), )

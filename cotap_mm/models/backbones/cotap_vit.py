@@ -4,7 +4,7 @@ CoTAP: "Semantic Concentration for Self-Supervised Dense Representations Learnin
 https://arxiv.org/abs/2509.09429 (official code: github.com/KID-7391/CoTAP).
 """
 import math
-from typing import Any, Dict, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -16,8 +16,18 @@ from mmpretrain.registry import MODELS
 
 from cotap_mm.utils.config_checks import check_known_keys
 from cotap_mm.utils.start_weights import check_start_weights
+from cotap_mm.utils.state_dict import find_state_dict
+from .token_edits import apply_mask_token, substitute_tokens
 
-__all__ = ['CoTAPViT', 'foreground_mask', 'gaussian_blur2d', 'remove_small_components']
+__all__ = ['CoTAPViT', 'ViTTokens', 'foreground_mask', 'gaussian_blur2d',
+           'remove_small_components']
+
+
+class ViTTokens(NamedTuple):
+    """Output of :meth:`CoTAPViT.forward_tokens`."""
+    tokens: torch.Tensor  # [R, e + N, C]
+    hw: Tuple[int, int]  # patch grid, N = h * w
+    layers: List[torch.Tensor]  # tokens after each requested block
 
 
 @MODELS.register_module()
@@ -134,7 +144,7 @@ class CoTAPViT(VisionTransformer):
     def _check_pretrained(self, checkpoint: str, prefix: Optional[str], map_location: Any,
                           strict: bool) -> None:
         ckpt = _load_checkpoint(checkpoint, map_location=map_location, logger='current')
-        state = ckpt.get('state_dict', ckpt) if isinstance(ckpt, dict) else {}
+        state = find_state_dict(ckpt, str(checkpoint))
         if prefix:
             prefix = prefix if prefix.endswith('.') else prefix + '.'
             state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
@@ -172,20 +182,71 @@ class CoTAPViT(VisionTransformer):
         x = self.pre_norm(x)
         return x, tuple(patch_resolution)
 
-    def forward_pre_last(self, x: torch.Tensor) -> Tuple[torch.Tensor, Tuple[int, int]]:
-        """Tokens entering the last block.
+    def forward_tokens(self,
+                       x: torch.Tensor,
+                       *,
+                       stop_before_last: bool = False,
+                       final_norm: bool = False,
+                       out_layers: Sequence[int] = (),
+                       replace: Optional[torch.Tensor] = None,
+                       donor_index: Optional[torch.Tensor] = None,
+                       mim_mask: Optional[torch.Tensor] = None,
+                       mask_token: Optional[torch.Tensor] = None) -> ViTTokens:
+        """The token forward every algorithm, the filter and the feature extractors use.
+
+        Embedding (:meth:`embed`), optional token edits (foreign-token substitution, then iBOT
+        masking, :mod:`~cotap_mm.models.backbones.token_edits`: the donors are the clean
+        embedded tokens), the blocks, optionally the final norm.
 
         Args:
-            x (Tensor): images [B, 3, H, W].
+            x (Tensor): images [R, 3, H, W].
+            stop_before_last (bool): stop before the last block (the tokens the object-aware
+                filter re-runs it on). Defaults to False.
+            final_norm (bool): apply ``ln1`` after the last block when the backbone has
+                ``final_norm`` (mmpretrain's ``out_type='raw'`` output). Defaults to False.
+            out_layers (Sequence[int]): also return the tokens after these blocks (negative
+                indices count from the end; the last one after the final norm when it is
+                applied). Defaults to ().
+            replace (BoolTensor, optional): [R, N] positions that take the token of row
+                ``donor_index`` (:func:`substitute_tokens`).
+            donor_index (LongTensor, optional): [R], required with ``replace``.
+            mim_mask (BoolTensor, optional): [R, N] positions replaced by ``mask_token``
+                (:func:`apply_mask_token`).
+            mask_token (Tensor, optional): [C], required with ``mim_mask``.
 
         Returns:
-            tuple: tokens [B, 1+N, C] after embedding and all blocks but the last, and the patch
-            grid (h, w) with N = h*w.
+            ViTTokens: ``tokens`` [R, e + N, C], ``hw`` (h, w) with N = h * w, ``layers`` (the
+            tokens of ``out_layers``, in that order).
         """
         tokens, hw = self.embed(x)
-        for layer in self.layers[:-1]:
-            tokens = layer(tokens)
-        return tokens, hw
+        if replace is not None:
+            if donor_index is None:
+                raise ValueError('forward_tokens: replace needs donor_index')
+            tokens = substitute_tokens(tokens, replace, donor_index, self.num_extra_tokens)
+        if mim_mask is not None:
+            if mask_token is None:
+                raise ValueError('forward_tokens: mim_mask needs mask_token')
+            tokens = apply_mask_token(self, tokens, mim_mask, mask_token, hw)
+        depth = len(self.layers) - 1 if stop_before_last else len(self.layers)
+        wanted = {int(i) % len(self.layers): k for k, i in enumerate(out_layers)}
+        if any(i >= depth for i in wanted):
+            raise ValueError(f'out_layers {tuple(out_layers)} include a block the forward does not '
+                             f'run (stop_before_last={stop_before_last})')
+        layers: List[Optional[torch.Tensor]] = [None] * len(wanted)
+        norm = final_norm and bool(getattr(self, 'final_norm', False))
+        for i in range(depth):
+            tokens = self.layers[i](tokens)
+            if norm and i == len(self.layers) - 1:
+                tokens = self.ln1(tokens)
+            if i in wanted:
+                layers[wanted[i]] = tokens
+        return ViTTokens(tokens, tuple(hw), layers)
+
+    def forward_pre_last(self, x: torch.Tensor) -> Tuple[torch.Tensor, Tuple[int, int]]:
+        """Tokens entering the last block [B, 1+N, C] and the patch grid (h, w):
+        :meth:`forward_tokens` with ``stop_before_last=True``."""
+        out = self.forward_tokens(x, stop_before_last=True)
+        return out.tokens, out.hw
 
     def last_cls_attention(self, tokens_pre_last: torch.Tensor) -> torch.Tensor:
         """CLS->patch self-attention of the last block (DINO's ``get_last_selfattention()[:, :, 0, 1:]``).

@@ -8,7 +8,7 @@ from typing import Optional, Sequence
 import torch
 from mmpretrain.registry import MODELS
 
-from ..algorithms.overlap_pooling import pool_crop_overlaps
+from ..utils.region_pooling import pool_crop_overlaps
 from .code_prediction_loss import CodePredictionLoss
 from .functional.cluster_prediction import pairwise_mean_cross_entropy, soft_cross_entropy
 

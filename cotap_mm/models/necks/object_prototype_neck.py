@@ -4,7 +4,7 @@ CoTAP: "Semantic Concentration for Self-Supervised Dense Representations Learnin
 https://arxiv.org/abs/2509.09429 (official code: github.com/KID-7391/CoTAP,
 ``models/vit/vision_transformer_depth.py``, ``Block.forward_kernel``).
 """
-from typing import Optional, Sequence, Tuple
+from typing import NamedTuple, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
@@ -15,7 +15,7 @@ from mmpretrain.registry import MODELS
 
 from .prototype_ops import kmeans_prototypes, prototype_conv_scores
 
-__all__ = ['ObjectPrototypeNeck']
+__all__ = ['ObjectPrototypeNeck', 'FilteredTokens', 'filtered_forward', 'tokens_to_map']
 
 
 @MODELS.register_module()
@@ -79,6 +79,7 @@ class ObjectPrototypeNeck(BaseModule):
         self.norm_out_patch = nn.LayerNorm(2 * embed_dims, eps=norm_eps)
         self.norm_out_cls = nn.LayerNorm(2 * embed_dims, eps=norm_eps)
         self.register_buffer('prototypes_initialized', torch.tensor(False))
+        self._initialized_host = False  # host copy of the flag: read per step without a sync
 
     @property
     def out_channels(self) -> int:
@@ -86,6 +87,20 @@ class ObjectPrototypeNeck(BaseModule):
         return 2 * self.embed_dims
 
     # ------------------------------------------------------------------ prototypes
+    @property
+    def initialized(self) -> bool:
+        """Whether the prototypes were set (k-means or loaded); the host copy of
+        ``prototypes_initialized``, refreshed whenever a state dict is loaded."""
+        return self._initialized_host
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
+                              unexpected_keys, error_msgs) -> None:
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
+                                      unexpected_keys, error_msgs)
+        flag = state_dict.get(prefix + 'prototypes_initialized')
+        if flag is not None:
+            self._initialized_host = bool(flag)
+
     @torch.no_grad()
     def load_prototypes_(self, prototypes: torch.Tensor) -> None:
         """Copy given prototypes [M, C, K, K] in and mark them initialised."""
@@ -93,7 +108,12 @@ class ObjectPrototypeNeck(BaseModule):
             raise ValueError(f'prototypes must have shape {tuple(self.prototypes.shape)}, got '
                              f'{tuple(prototypes.shape)}')
         self.prototypes.copy_(prototypes.to(self.prototypes))
+        self.mark_initialized()
+
+    def mark_initialized(self) -> None:
+        """Set ``prototypes_initialized`` (buffer and host copy)."""
         self.prototypes_initialized.fill_(True)
+        self._initialized_host = True
 
     @torch.no_grad()
     def init_prototypes_(self, bank: torch.Tensor, iters: int = 3000, seed: int = 0,
@@ -182,3 +202,37 @@ class ObjectPrototypeNeck(BaseModule):
         cls = self.norm_out_cls(torch.cat([y[:, 0], z[:, 0]], dim=-1))
         patches = self.norm_out_patch(torch.cat([y[:, 1:], z[:, 1:]], dim=-1))
         return cls, patches
+
+
+class FilteredTokens(NamedTuple):
+    """Output of :func:`filtered_forward`."""
+    tokens: torch.Tensor  # tokens entering the last block [R, 1+N, C]
+    hw: Tuple[int, int]  # patch grid, N = h * w
+    cls: torch.Tensor  # [R, 2C]
+    patches: torch.Tensor  # [R, N, 2C]
+
+
+def filtered_forward(backbone: nn.Module, neck: ObjectPrototypeNeck, x: torch.Tensor,
+                     **edits: torch.Tensor) -> FilteredTokens:
+    """Images through the backbone up to its last block, then the last block and the filter.
+
+    The one place that wires :meth:`CoTAPViT.forward_tokens` (``edits``: its token edits) to
+    :class:`ObjectPrototypeNeck`; CoTAP's training step, ``CoTAP.extract_feat`` and
+    :class:`CoTAPFilteredViT` all use it.
+
+    Args:
+        backbone (nn.Module): :class:`CoTAPViT`.
+        neck (ObjectPrototypeNeck): the filter.
+        x (Tensor): images [R, 3, H, W].
+        **edits: ``replace``, ``donor_index``, ``mim_mask``, ``mask_token``.
+    """
+    tokens, hw, _ = backbone.forward_tokens(x, stop_before_last=True, **edits)
+    cls, patches = neck(tokens, hw, backbone.last_block)
+    return FilteredTokens(tokens, tuple(hw), cls, patches)
+
+
+def tokens_to_map(patches: torch.Tensor, hw: Sequence[int]) -> torch.Tensor:
+    """Patch tokens [B, N, D] (row-major) -> a feature map [B, D, h, w]."""
+    B, N, D = patches.shape
+    return patches.transpose(1, 2).reshape(B, D, int(hw[0]), int(hw[1]))
+

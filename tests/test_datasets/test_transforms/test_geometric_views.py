@@ -8,9 +8,8 @@ from PIL import Image
 
 import cotap_mm.datasets.transforms.photometric  # noqa: F401  (registers HueSafeColorJitter)
 from cotap_mm.datasets.transforms.formatting import PackGeometricViews
-from cotap_mm.datasets.transforms.geometric_views import (GeometricMultiView, box_area,
-                                                          box_intersection, overlap_in_crop_coords,
-                                                          sample_crop_box)
+from cotap_mm.datasets.transforms.geometric_views import GeometricMultiView, sample_crop_box
+from cotap_mm.structures.boxes import box_area, box_intersection, overlap_in_crop_coords
 from mmpretrain.registry import TRANSFORMS
 
 

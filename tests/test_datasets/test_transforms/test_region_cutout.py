@@ -4,8 +4,8 @@ import torch
 from mmengine.dataset import default_collate
 
 from cotap_mm.datasets.transforms.region_cutout import (RegionCollaborativeCutout,
-                                                        region_cutout_mask, sample_cut_ratio,
-                                                        sample_grid_box)
+                                                        region_cutout_mask, sample_cut_ratio)
+from cotap_mm.structures.boxes import sample_grid_box
 from mmpretrain.registry import TRANSFORMS
 
 

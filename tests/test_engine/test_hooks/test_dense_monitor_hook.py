@@ -143,7 +143,7 @@ def test_2c_features_wait_for_the_filter_prototypes():
     runner = SimpleNamespace(model=model, iter=4, logger=SimpleNamespace(warning=warnings.append))
     assert hook.evaluate(runner) is None
     assert 'iteration 5 skipped' in warnings[0] and 'never initialised' in warnings[0]
-    model.neck.prototypes_initialized.fill_(True)
+    model.neck.mark_initialized()
     model.train()
     res = hook.evaluate(runner)
     assert model.training  # mode restored

@@ -9,11 +9,12 @@ import torch
 import torch.nn as nn
 from mmengine.hooks import Hook
 from mmengine.logging import MessageHub
-from mmengine.model import BaseModel
+from mmengine.model import BaseDataPreprocessor
 from mmengine.runner import Runner
 
-from cotap_mm.engine.hooks.ema_teacher_hook import (EMATeacherHook, cosine_momentum,
-                                                    ema_update_)
+from cotap_mm.engine.hooks.ema_teacher_hook import EMATeacherHook, cosine_momentum
+from cotap_mm.models.algorithms.base import (TeacherStudentSelfSupervisor, ema_update_,
+                                             paired_tensors)
 from mmpretrain.registry import HOOKS
 
 
@@ -27,21 +28,21 @@ def _net():
     return nn.Sequential(nn.Linear(4, 3), nn.BatchNorm1d(3))
 
 
-class ToyModel(BaseModel):
+class ToyModel(TeacherStudentSelfSupervisor):
+    """A one-module student (``backbone``) and its teacher, which starts different on purpose."""
 
-    def __init__(self, with_flag: bool = False):
-        super().__init__()
-        self.student = _net()
-        self.teacher = _net()  # different random init on purpose
-        self.teacher.requires_grad_(False)
-        if with_flag:
-            self.register_buffer('teacher_initialized', torch.tensor(False))
+    def __init__(self):
+        super().__init__(backbone=_net(), data_preprocessor=BaseDataPreprocessor())
+        self.build_teacher(('backbone', ))
+        with torch.no_grad():
+            for p in self.teacher.parameters():
+                p.normal_()
+
+    def loss(self, inputs, data_samples=None):
+        return dict(loss=((self.backbone(inputs) - 1.0)**2).mean())
 
     def forward(self, inputs, data_samples=None, mode='tensor'):
-        out = self.student(inputs)
-        if mode == 'loss':
-            return dict(loss=((out - 1.0)**2).mean())
-        return out
+        return self.loss(inputs) if mode == 'loss' else self.backbone(inputs)
 
 
 class Recorder(Hook):
@@ -104,30 +105,34 @@ def test_cosine_momentum_start_middle_end():
         cosine_momentum(0, 10, 0.9, 1.5)
 
 
+def _ema(teacher, student, m):
+    ema_update_(*paired_tensors(teacher, student), m)
+
+
 def test_ema_update_formula_and_buffers():
     torch.manual_seed(0)
     teacher, student = _net(), _net()
     student[1].running_mean.normal_()
     t0, s0 = _state(teacher), _state(student)
-    ema_update_(teacher, student, 0.75)
+    _ema(teacher, student, 0.75)
     for k in ('0.weight', '0.bias', '1.weight', '1.bias'):
         torch.testing.assert_close(teacher.state_dict()[k], 0.75 * t0[k] + 0.25 * s0[k])
     for k in ('1.running_mean', '1.running_var', '1.num_batches_tracked'):
         assert torch.equal(teacher.state_dict()[k], s0[k])
     # momentum 1 keeps the teacher parameters
     t1 = _state(teacher)
-    ema_update_(teacher, student, 1.0)
+    _ema(teacher, student, 1.0)
     torch.testing.assert_close(teacher[0].weight, t1['0.weight'])
     # no autograd graph is built
     student[0].weight.requires_grad_(True)
-    ema_update_(teacher, student, 0.5)
+    _ema(teacher, student, 0.5)
     assert teacher[0].weight.grad_fn is None
     with pytest.raises(ValueError, match='momentum'):
-        ema_update_(teacher, student, -0.1)
+        _ema(teacher, student, -0.1)
     with pytest.raises(ValueError, match='same parameters'):
-        ema_update_(nn.Linear(4, 3), student, 0.5)
+        _ema(nn.Linear(4, 3), student, 0.5)
     with pytest.raises(ValueError, match='differ in shape'):
-        ema_update_(nn.Linear(4, 3), nn.Linear(5, 3), 0.5)
+        _ema(nn.Linear(4, 3), nn.Linear(5, 3), 0.5)
 
 
 # ----------------------------------------------------------------------------- hook, fake runner
@@ -143,7 +148,7 @@ def test_hook_fake_runner_k_steps_against_manual_loop():
         with torch.no_grad():
             for p in model.student.parameters():
                 p.add_(torch.randn_like(p))
-            model.student[1].running_mean.add_(1.0)
+            model.backbone[1].running_mean.add_(1.0)
         runner.iter = it
         hook.after_train_iter(runner, batch_idx=it)
         m = 0.95 - (0.95 - 0.6) * (math.cos(math.pi * it / 5) + 1) / 2
@@ -158,27 +163,26 @@ def test_hook_fake_runner_k_steps_against_manual_loop():
 
 def test_hook_initialisation_rules():
     torch.manual_seed(0)
-    # no flag buffer: copy only on a fresh run (iter 0)
+    # the flag decides: a loaded teacher (flag True) is kept, also at iteration 0
     model = ToyModel()
-    t0 = _state(model.teacher)
-    EMATeacherHook().before_train(_fake_runner(model, it=7))
-    _assert_state_equal(_state(model.teacher), t0)
-    EMATeacherHook(init_teacher='always').before_train(_fake_runner(model, it=7))
-    _assert_state_equal(_state(model.teacher), _state(model.student))
-    # flag buffer: copy only when unset, then set (and a loaded True flag is respected at iter 0)
-    model = ToyModel(with_flag=True)
     model.teacher_initialized.fill_(True)
     t0 = _state(model.teacher)
     EMATeacherHook().before_train(_fake_runner(model, it=0))
     _assert_state_equal(_state(model.teacher), t0)
+    # flag False (a fresh run, or a start checkpoint without a teacher): copy, then set
     model.teacher_initialized.fill_(False)
     EMATeacherHook().before_train(_fake_runner(model, it=3))
     _assert_state_equal(_state(model.teacher), _state(model.student))
     assert bool(model.teacher_initialized)
     model = ToyModel()
+    model.teacher_initialized.fill_(True)
+    EMATeacherHook(init_teacher='always').before_train(_fake_runner(model, it=7))
+    _assert_state_equal(_state(model.teacher), _state(model.student))
+    model = ToyModel()
     t0 = _state(model.teacher)
     EMATeacherHook(init_teacher='never').before_train(_fake_runner(model, it=0))
     _assert_state_equal(_state(model.teacher), t0)
+    assert bool(model.teacher_initialized)
 
 
 def test_hook_freezes_teacher_skips_accumulation_and_checks_names():
@@ -188,14 +192,18 @@ def test_hook_freezes_teacher_skips_accumulation_and_checks_names():
     hook.before_train(_fake_runner(model))
     assert not any(p.requires_grad for p in model.teacher.parameters())
     with torch.no_grad():
-        model.student[0].weight.add_(1.0)
+        model.backbone[0].weight.add_(1.0)
     t0 = _state(model.teacher)
     hook.after_train_iter(_fake_runner(model, should_update=False), batch_idx=0)
     _assert_state_equal(_state(model.teacher), t0)
     hook.after_train_iter(_fake_runner(model, should_update=True), batch_idx=0)
-    assert not torch.equal(model.teacher[0].weight, t0['0.weight'])
-    with pytest.raises(AttributeError, match='ema_model'):
-        EMATeacherHook(teacher_name='ema_model').before_train(_fake_runner(model))
+    assert not torch.equal(model.teacher['backbone'][0].weight, t0['backbone.0.weight'])
+    EMATeacherHook(teacher_name='teacher', student_name='student',
+                   init_flag_name='teacher_initialized')  # the old config keys still parse
+    with pytest.raises(TypeError, match='ema_model'):
+        EMATeacherHook(teacher_name='ema_model')
+    with pytest.raises(TypeError, match='update_teacher'):
+        EMATeacherHook().before_train(_fake_runner(nn.Linear(2, 2)))
     with pytest.raises(ValueError, match='init_teacher'):
         EMATeacherHook(init_teacher='sometimes')
     with pytest.raises(ValueError, match='momentum'):
@@ -216,9 +224,10 @@ def test_hook_unwraps_ddp(tmp_path):
         _assert_state_equal(_state(model.teacher), _state(model.student))
         t0 = _state(model.teacher)
         with torch.no_grad():
-            model.student[0].weight.add_(2.0)
+            model.backbone[0].weight.add_(2.0)
         hook.after_train_iter(runner, batch_idx=0)
-        torch.testing.assert_close(model.teacher[0].weight, t0['0.weight'] + 1.0)
+        torch.testing.assert_close(model.teacher['backbone'][0].weight,
+                                   t0['backbone.0.weight'] + 1.0)
     finally:
         dist.destroy_process_group()
 
@@ -256,7 +265,7 @@ def test_real_runner_train_and_resume(tmp_path):
     torch.manual_seed(0)
     model = ToyModel()
     init_student = _state(model.student)
-    assert not torch.equal(model.teacher[0].weight, model.student[0].weight)
+    assert not torch.equal(model.teacher['backbone'][0].weight, model.backbone[0].weight)
     rec = Recorder()
     hook_cfg = dict(type='EMATeacherHook', momentum=0.5, end_momentum=0.9)
     runner = _runner(tmp_path, 'run1', model, [hook_cfg, rec], max_iters=6)
@@ -271,7 +280,7 @@ def test_real_runner_train_and_resume(tmp_path):
     assert rec.iters == [0, 1, 2, 3]
     ref = _ema_reference(init_student, rec.students, rec.iters, 0.5, 0.9, 6)
     _assert_state_equal(_state(model.teacher), ref)
-    assert not torch.equal(model.teacher[0].weight, model.student[0].weight)
+    assert not torch.equal(model.teacher['backbone'][0].weight, model.backbone[0].weight)
 
     # checkpoint holding plain data only (loads with torch.load(weights_only=True))
     ckpt = dict(meta=dict(epoch=0, iter=runner.iter + 1), state_dict=runner.model.state_dict(),

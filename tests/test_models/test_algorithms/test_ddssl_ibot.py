@@ -10,7 +10,7 @@ from mmpretrain.structures import DataSample
 
 import cotap_mm  # noqa: F401  (registers DDSSLiBOT, IBOTPatchLoss, RegionCollaborativeCutout)
 from cotap_mm.datasets.transforms.region_cutout import region_cutout_mask
-from cotap_mm.engine.hooks.ema_teacher_hook import check_teacher_student
+from cotap_mm.models.algorithms.base import paired_tensors
 from cotap_mm.models.losses.ibot_patch_loss import ibot_patch_cross_entropy
 from cotap_test_helpers.tool_runs import logged_loss_rows, train_in_process
 
@@ -49,7 +49,7 @@ def _batch(B=8, G=2, size=64, grid=8, ratio=0.4, seed=0):
 
 def test_structure_teacher_and_state_dict():
     model = _build()
-    check_teacher_student(model.teacher, model.student)
+    paired_tensors(model.teacher, model.student)
     assert set(model.student.keys()) == {'backbone', 'cls_head'}  # shared head
     assert not any(p.requires_grad for p in model.teacher.parameters())
     assert not model.teacher.training and model.training  # teacher always in eval mode
@@ -109,8 +109,7 @@ def test_decoupling_rows_skip_the_cls_loss_and_use_kept_tokens():
     assert torch.equal(keep[0, 0], ~pool[0]) and torch.equal(keep[0, 1], pool[1])
     # teacher targets: clean-view teacher outputs of the last two images
     with torch.no_grad():
-        tok, _ = cotap_mm.models.algorithms.ddssl_ops.encode_with_edits(
-            model.teacher['backbone'], views[0][6:8])
+        tok = model.teacher['backbone'].forward_tokens(views[0][6:8], final_norm=True).tokens
         ref = model.teacher['cls_head'](tok[:, 1:])
     assert torch.allclose(t[0], ref, atol=1e-5)
     # computed before this step's centre update: zero centre, warm-up teacher temperature 0.04
@@ -131,8 +130,7 @@ def test_student_rows_match_edited_forward():
     views, samples = _batch(ratio=0.0)
     with torch.no_grad():
         s = model.extract_feat(views[0])
-        tok, _ = cotap_mm.models.algorithms.ddssl_ops.encode_with_edits(
-            model.teacher['backbone'], views[0])
+        tok = model.teacher['backbone'].forward_tokens(views[0], final_norm=True).tokens
     assert s.shape == (8, 48, 8, 8)
     assert torch.allclose(s, tok[:, 1:].transpose(1, 2).reshape(8, 48, 8, 8), atol=1e-5)
     losses = model.loss(views, samples)

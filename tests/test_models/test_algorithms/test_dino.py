@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 import cotap_mm  # noqa: F401  (registers DINO, DINOProjectionHead, DINOClsLoss, ...)
-from cotap_mm.engine.hooks.ema_teacher_hook import check_teacher_student
+from cotap_mm.models.algorithms.base import paired_tensors
 from cotap_mm.evaluation.linear_probe import last_layer_output
 from cotap_test_helpers.tool_runs import logged_loss_rows, train_in_process
 from cotap_test_helpers.view_batches import independent_view_batch
@@ -43,8 +43,8 @@ def test_structure():
     keys = list(model.state_dict())
     assert not any('stage_heads' in k for k in keys)
     assert any(k.startswith('teacher.head.') for k in keys) and 'teacher_initialized' in keys
-    assert model.stage_global_losses is None and model.search_losses is None
-    check_teacher_student(model.teacher, model.get_submodule('student'))
+    assert len(model.stage_heads) == 0 and not hasattr(model, 'search_losses')
+    paired_tensors(model.teacher, model.get_submodule('student'))
     feats = model.extract_feat(torch.randn(2, 3, 64, 64))
     assert len(feats) == 1 and feats[0].shape == (2, 96, 8, 8)
 
@@ -73,16 +73,15 @@ def test_loss_against_reference_and_gradients(L):
     assert model.dino_loss.center.abs().sum() > 0
 
 
-def test_stage_free_scfs_needs_no_stage_losses():
-    from cotap_mm.models.algorithms import SCFS
+def test_scfs_without_stages_is_refused_and_extends_dino():
+    from cotap_mm.models.algorithms import DINO, SCFS
+    assert issubclass(SCFS, DINO)
     cfg = Config.fromfile(CFG).model
-    kw = dict(backbone=cfg.backbone, head=cfg.head, stage_head=None, dino_feature='cls')
-    with pytest.raises(ValueError, match='stage_head=None'):
-        SCFS(stage_channels=(96, ), **kw)
-    with pytest.raises(ValueError, match='stage_head=None'):
-        SCFS(stage_channels=(), **kw)  # the default stage losses are still on
-    model = SCFS(stage_channels=(), stage_global_loss=None, search_loss=None, **kw)
-    assert len(model.stage_heads) == 0
+    kw = dict(backbone=cfg.backbone, head=cfg.head, dino_feature='cls')
+    with pytest.raises(ValueError, match="type='DINO'"):
+        SCFS(stage_head=None, stage_channels=(96, ), **kw)
+    with pytest.raises(ValueError, match='stage_channels'):
+        SCFS(stage_head=dict(type='SCFSHead'), stage_channels=(), **kw)
 
 
 def test_trains_with_tools_train(tmp_path):

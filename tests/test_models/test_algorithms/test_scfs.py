@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 import cotap_mm  # noqa: F401  (registers SCFS, SCFSHead, DINOProjectionHead, DINOClsLoss, ...)
-from cotap_mm.engine.hooks.ema_teacher_hook import check_teacher_student
+from cotap_mm.models.algorithms.base import paired_tensors
 from cotap_test_helpers.tool_runs import logged_loss_rows, train_in_process
 from cotap_test_helpers.view_batches import independent_view_batch
 from mmengine.config import Config
@@ -51,7 +51,7 @@ def test_structure_and_ema_contract(path):
     assert all(not p.requires_grad for p in model.teacher.parameters())
     student = model.get_submodule('student')
     assert student['stage_heads'] is model.stage_heads
-    check_teacher_student(model.teacher, student)
+    paired_tensors(model.teacher, student)
     for (_, p), (_, q) in zip(student.named_parameters(), model.teacher.named_parameters()):
         torch.testing.assert_close(p, q)
     # one centre per stage loss

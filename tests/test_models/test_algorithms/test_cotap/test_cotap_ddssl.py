@@ -13,10 +13,11 @@ from mmpretrain.structures import DataSample
 import cotap_mm  # noqa: F401
 from cotap_mm.datasets.transforms.region_cutout import region_cutout_mask
 from cotap_mm.models.algorithms.cotap import kept_code_cross_entropy, region_code_targets
+from cotap_mm.models.algorithms.cotap.step import CoTAPTerm
 from cotap_test_helpers.tool_runs import logged_loss_rows, train_in_process
 from cotap_test_helpers.view_batches import geometric_view_batch
 
-REPO = osp.dirname(osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))))
+REPO = osp.dirname(osp.dirname(osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))))
 TINY = osp.join(REPO, 'configs/cotap/cotap_vit-tiny-p8_1xb8-demo_synthetic.py')
 DDSSL = osp.join(REPO, 'configs/cotap/cotap-ddssl_vit-tiny-p8_1xb8-demo_synthetic.py')
 BASE_KEYS = {'loss_cotap', 'loss_patch_cluster', 'loss_cls_cluster', 'loss_cls_neighbor',
@@ -127,24 +128,14 @@ def test_extra_rows_leave_the_normal_terms_unchanged(dense_loss):
             assert b['loss_dc'].item() > 0
     # the queues / bank saw the normal rows only
     torch.testing.assert_close(model.patch_queue.ordered(), plain.patch_queue.ordered())
-    torch.testing.assert_close(model.proto_bank, plain.proto_bank)
+    torch.testing.assert_close(model.proto_bank.ordered(), plain.proto_bank.ordered())
 
 
 def test_loss_dc_gradient_skips_substituted_pixels_and_teacher():
     B, G, E, n = 4, 2, 2, 1  # prob 0.5: n = floor(0.5 * 4) // 2 = 1, E = 2 extra rows per view
     inputs, samples = _batch(B=B)
     model = _build(decoupling=dict(prob=0.5, loss_weight=0.3), cluster_start_iter=0)
-    seen = {}  # the teacher codes and the de-coupling rows of this step
-
-    def record(name, fn):
-        def wrapped(*args, **kwargs):
-            seen[name + '_args'] = args
-            seen[name] = fn(*args, **kwargs)
-            return seen[name]
-        return wrapped
-
-    model._patch_cluster_term = record('cluster', model._patch_cluster_term)
-    model._encode_student_globals = record('rows', model._encode_student_globals)
+    step = _record_step(model)
     views = [x.clone().requires_grad_(True) for x in inputs[:G]]
     losses = model.loss(views + inputs[G:], samples)
     assert losses['loss_dc'].item() > 0
@@ -176,10 +167,11 @@ def test_loss_dc_gradient_skips_substituted_pixels_and_teacher():
     # value: 0.3 x mean over (view, extra row, kept foreground token) of the
     # cross-entropy of the row's student patch-head scores against the clean-view code of its
     # source image at the same position (student temperature of patch_cluster_loss)
-    codes = seen['cluster'][1]  # [G, B, K, 8, 8], on every patch
-    fg = seen['cluster_args'][4]  # [G, B, 8, 8] teacher foreground
+    codes = step['step'].patch_codes  # [G, B, K, 8, 8], on every patch
+    fg = step['step'].fg.reshape(G, B, 8, 8)  # teacher foreground
     with torch.no_grad():
-        scores = model.patch_head(seen['rows'][4].dc_patch)  # [G, E, 64, K]
+        dc_patch = step['step'].extra_patch[:G * E].reshape(G, E, 64, -1)
+        scores = model.patch_head(dc_patch)  # [G, E, 64, K]
     T = model.patch_cluster_loss.student_temp
     tot, cnt = 0.0, 0
     for g in range(G):
@@ -205,21 +197,27 @@ def test_only_patch_sources_feed_the_extra_rows():
     model = _build(proto_loss=None, patch_queue=None, cls_queue=None, cluster_start_iter=0,
                    **ON)
     G = 2
-    p_idx = torch.tensor(coco)
+    step = _record_step(model)
     with torch.no_grad():
-        *_, rows = model._encode_student_globals(inputs[:G], samples, p_idx)
+        model.loss(inputs, samples)
+    rows = step['step'].extra
+    dc = rows.decoupling
     # de-coupling: sub-batch of 4 -> E = 2 duplicates of sub rows 2, 3 = batch rows 5, 7
-    assert rows.dc.batch_size == 4 and rows.dc.num_extra == 2
-    assert rows.dc.plan.source_index.tolist() == [2, 3]
-    assert rows.dc.plan.donor_index.tolist() == [1, 0]  # batch rows 2, 1: coco as well
+    assert dc.batch_size == 4 and dc.num_extra == 2 == rows.num_extra
+    assert dc.plan.source_index.tolist() == [2, 3]
+    assert dc.plan.donor_index.tolist() == [1, 0]  # batch rows 2, 1: coco as well
     for g in range(G):
-        extra = rows.dc.images[G * 4 + 2 * g:G * 4 + 2 * g + 2]
+        extra = dc.images[G * 4 + 2 * g:G * 4 + 2 * g + 2]
         assert torch.equal(extra, inputs[g][[5, 7]])
-    assert rows.dc_patch.shape[:2] == (G, 2)
+        # the stacked rows: donors mapped back to the full batch (coco rows of the same view)
+        donors = rows.donor_index[G * 8 + 2 * g:G * 8 + 2 * g + 2]
+        assert donors.tolist() == [g * 8 + 2, g * 8 + 1]
+    assert step['step'].extra_patch.shape[0] == G * 2 + sum(
+        dp.images.shape[0] for _, _, dp in rows.depositioning)
     # de-positioning: floor(0.5 * 4) = 2 composites per view, sources and donors in the sub-batch
-    assert len(rows.depos) == G
-    for g, dp, patch in rows.depos:
-        assert patch.shape[0] == 2
+    assert len(rows.depositioning) == G
+    for g, offset, dp in rows.depositioning:
+        assert dp.images.shape[0] == 2 and offset >= G * (8 + 2)
         assert set(dp.source_index.tolist()) <= {0, 1, 2, 3}
         assert set(dp.donor_index.tolist()) <= {0, 1, 2, 3}
 
@@ -284,3 +282,20 @@ def test_ddssl_config_trains_with_tools_train(tmp_path):
     # iteration 1: no codes yet (cluster_start_iter=1), the terms are 0; then both are on
     assert rows[0]['loss_dc'] == 0.0 and rows[0]['loss_depos'] == 0.0
     assert rows[1]['loss_dc'] > 0 and rows[1]['loss_depos'] > 0
+
+
+def _record_step(model):
+    """Append a term that keeps the :class:`CoTAPStep` of the model's last ``loss()`` call (it
+    runs last, so the step holds what every other term added)."""
+    out = {}
+
+    class Recorder(CoTAPTerm):
+        def enabled(self, m):
+            return True
+
+        def __call__(self, m, step):
+            out['step'] = step
+            return {}
+
+    model.terms.append(Recorder())
+    return out

@@ -4,7 +4,7 @@ import torch
 import torch.nn.functional as F
 
 from cotap_mm.datasets.transforms.geometric_views import crop_and_resize
-from cotap_mm.models.algorithms.overlap_pooling import (overlap_rois, pool_crop_overlaps,
+from cotap_mm.models.utils.region_pooling import (overlap_rois, pool_crop_overlaps,
                                                         roi_align_maps)
 
 H = W = 96

@@ -1,4 +1,4 @@
-"""FIFO queue of past feature vectors for the Sinkhorn clustering terms (SwAV / Leopart / CoTAP).
+"""FIFO queue of past feature vectors: the Sinkhorn queues and the prototype bank of CoTAP.
 
 CoTAP (`arXiv 2509.09429 <https://arxiv.org/abs/2509.09429>`_) runs Sinkhorn on
 the current teacher vectors together with a queue of past ones: 262,144 foreground patch vectors
@@ -26,6 +26,9 @@ class FeatureQueue(nn.Module):
     :meth:`features` returns the valid entries (what Sinkhorn adds to the current vectors);
     :meth:`ordered` the same, oldest first.
 
+    ``ptr`` and ``count`` are mirrored on the host, so a training step reads them without a
+    device sync (the mirror is refreshed whenever a state dict is loaded).
+
     Every process fills its own queue, so the owner must exclude these buffers from DDP's buffer
     broadcast (``CoTAP._ddp_params_and_buffers_to_ignore``); checkpoints hold rank 0's queue,
     which every rank loads on resume. Loading a queue of another capacity (e.g. resuming on
@@ -38,10 +41,16 @@ class FeatureQueue(nn.Module):
         split_across_ranks (bool): capacity ``ceil(size / world_size)`` per process (SwAV,
             CoTAP) instead of ``size``. The world size is read when the module is built (after
             MMEngine's runner set up the process group). Defaults to True.
+        fill_first (bool): until the queue is full, take every row given (CoTAP's prototype
+            bank); ``max_per_step`` applies once it is full. Defaults to False.
+        sorted_subset (bool): the random subset kept when too many rows are given is drawn on
+            the CPU and kept in row order (the Sinkhorn queues); False draws it on the rows'
+            device, in draw order (the prototype bank). Defaults to True.
     """
 
     def __init__(self, size: int, dim: int, max_per_step: int = 2048,
-                 split_across_ranks: bool = True) -> None:
+                 split_across_ranks: bool = True, fill_first: bool = False,
+                 sorted_subset: bool = True) -> None:
         super().__init__()
         for name, val in (('size', size), ('dim', dim), ('max_per_step', max_per_step)):
             if isinstance(val, bool) or not isinstance(val, int) or val < 1:
@@ -50,25 +59,46 @@ class FeatureQueue(nn.Module):
         self.dim = dim
         self.max_per_step = max_per_step
         self.split_across_ranks = bool(split_across_ranks)
+        self.fill_first = bool(fill_first)
+        self.sorted_subset = bool(sorted_subset)
         world = get_world_size() if self.split_across_ranks else 1
         self.capacity = max(1, math.ceil(size / max(world, 1)))
         self.register_buffer('queue', torch.zeros(self.capacity, dim))
         self.register_buffer('ptr', torch.tensor(0, dtype=torch.long))
         self.register_buffer('count', torch.tensor(0, dtype=torch.long))
+        self._ptr = self._count = 0  # host copies of the two buffers
 
     def __len__(self) -> int:
-        return int(self.count.item())
+        return self._count
+
+    @property
+    def full(self) -> bool:
+        return self._count >= self.capacity
 
     def features(self) -> torch.Tensor:
         """The valid entries [count, D] (storage order)."""
-        return self.queue[:int(self.count.item())]
+        return self.queue[:self._count]
 
     def ordered(self) -> torch.Tensor:
         """The valid entries [count, D], oldest first."""
-        n = int(self.count.item())
-        if n < self.capacity:
-            return self.queue[:n]
-        return torch.roll(self.queue, -int(self.ptr.item()), dims=0)
+        if self._count < self.capacity:
+            return self.queue[:self._count]
+        return torch.roll(self.queue, -self._ptr, dims=0)
+
+    @torch.no_grad()
+    def load_entries_(self, x: torch.Tensor) -> None:
+        """Replace the contents by the rows of ``x`` [n, D] (n <= capacity), oldest first."""
+        if x.dim() != 2 or x.shape[1] != self.dim or x.shape[0] > self.capacity:
+            raise ValueError(f'load_entries_ expects [n <= {self.capacity}, {self.dim}], got '
+                             f'{tuple(x.shape)}')
+        self.queue.zero_()
+        self.queue[:x.shape[0]] = x.to(self.queue)
+        self._set(x.shape[0] % self.capacity, x.shape[0])
+
+    def _set(self, ptr: int, count: int) -> None:
+        self._ptr, self._count = ptr, count
+        self.ptr.fill_(ptr)
+        self.count.fill_(count)
 
     @torch.no_grad()
     def enqueue(self, x: torch.Tensor, generator: Optional[torch.Generator] = None) -> int:
@@ -81,17 +111,20 @@ class FeatureQueue(nn.Module):
             raise ValueError(f'FeatureQueue.enqueue expects [n, {self.dim}], got '
                              f'{tuple(x.shape)}')
         x = x.detach()
-        n = min(x.shape[0], self.max_per_step, self.capacity)
+        per_step = (self.capacity - self._count if self.fill_first and not self.full else
+                    self.max_per_step)
+        n = min(x.shape[0], per_step, self.capacity)
         if n == 0:
             return 0
         if n < x.shape[0]:
-            keep = torch.randperm(x.shape[0], generator=generator)[:n].sort().values
+            if self.sorted_subset:
+                keep = torch.randperm(x.shape[0], generator=generator)[:n].sort().values
+            else:
+                keep = torch.randperm(x.shape[0], generator=generator, device=x.device)[:n]
             x = x[keep.to(x.device)]
-        ptr = int(self.ptr.item())
-        idx = (torch.arange(n, device=self.queue.device) + ptr) % self.capacity
+        idx = (torch.arange(n, device=self.queue.device) + self._ptr) % self.capacity
         self.queue[idx] = x.to(self.queue.device, self.queue.dtype)
-        self.ptr.fill_((ptr + n) % self.capacity)
-        self.count.fill_(min(int(self.count.item()) + n, self.capacity))
+        self._set((self._ptr + n) % self.capacity, min(self._count + n, self.capacity))
         return n
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
@@ -115,6 +148,9 @@ class FeatureQueue(nn.Module):
                                                       dtype=torch.long)
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
                                       unexpected_keys, error_msgs)
+        if prefix + 'ptr' in state_dict and prefix + 'count' in state_dict:
+            self._ptr = int(state_dict[prefix + 'ptr'])
+            self._count = int(state_dict[prefix + 'count'])
 
     def extra_repr(self) -> str:
         return (f'size={self.size}, capacity={self.capacity}, dim={self.dim}, '

@@ -1,4 +1,5 @@
-"""RoIAlign pooling of the region two crops have in common (Leopart / CoTAP patch clustering).
+"""Pooling token maps over regions: box-weighted token means (de-positioning) and RoIAlign pooling
+of the region two crops have in common (Leopart / CoTAP patch clustering).
 
 CoTAP (`arXiv 2509.09429 <https://arxiv.org/abs/2509.09429>`_) takes Leopart's
 patch clustering term (`arXiv 2204.13101 <https://arxiv.org/abs/2204.13101>`_): for two crops of
@@ -19,10 +20,9 @@ from typing import List, Optional, Sequence, Tuple
 import torch
 from mmcv.ops import roi_align
 
-from ...datasets.transforms.geometric_views import (box_area, box_intersection,
-                                                     overlap_in_crop_coords)
+from cotap_mm.structures.boxes import box_area, box_intersection, overlap_in_crop_coords
 
-__all__ = ['overlap_rois', 'roi_align_maps', 'pool_crop_overlaps']
+__all__ = ['box_pool_tokens', 'overlap_rois', 'roi_align_maps', 'pool_crop_overlaps']
 
 
 def _hw(size: Sequence[int], name: str) -> Tuple[int, int]:
@@ -180,3 +180,36 @@ def pool_crop_overlaps(target_maps: torch.Tensor,
     if not pairs:
         raise ValueError(f'no (target, student) crop pair: target crops {t_ids}, {V} crops')
     return torch.stack(t_out), torch.stack(s_out), torch.stack(valid).to(t_out[0].device), pairs
+
+
+def box_pool_tokens(patch_tokens: torch.Tensor, hw: Sequence[int],
+                    boxes: torch.Tensor) -> torch.Tensor:
+    """Area-weighted mean of the patch tokens inside a box (exact for patch-aligned boxes).
+
+    Token ``(i, j)`` covers ``[j, j + 1) x [i, i + 1)`` in patch units; its weight is the area of
+    its overlap with the box divided by the box area.
+
+    Args:
+        patch_tokens (Tensor): [R, N, C], N = h * w (row-major).
+        hw (Sequence[int]): (h, w).
+        boxes (Tensor): [R, 4] ``(x1, y1, x2, y2)`` in patch units, inside the grid, positive
+            area (not checked: the samplers guarantee it, and a check would sync the host).
+
+    Returns:
+        Tensor: [R, C].
+    """
+    h, w = int(hw[0]), int(hw[1])
+    if patch_tokens.dim() != 3 or patch_tokens.shape[1] != h * w:
+        raise ValueError(f'patch_tokens must be [R, h*w={h * w}, C], got '
+                         f'{tuple(patch_tokens.shape)}')
+    R = patch_tokens.shape[0]
+    if tuple(boxes.shape) != (R, 4):
+        raise ValueError(f'boxes must be [R, 4] = [{R}, 4], got {tuple(boxes.shape)}')
+    b = boxes.to(device=patch_tokens.device, dtype=torch.float32)  # values unchecked: no sync
+    ys = torch.arange(h, device=b.device, dtype=b.dtype)
+    xs = torch.arange(w, device=b.device, dtype=b.dtype)
+    oy = (torch.minimum(ys[None] + 1, b[:, 3:4]) - torch.maximum(ys[None], b[:, 1:2])).clamp(min=0)
+    ox = (torch.minimum(xs[None] + 1, b[:, 2:3]) - torch.maximum(xs[None], b[:, 0:1])).clamp(min=0)
+    wgt = (oy[:, :, None] * ox[:, None, :]).reshape(R, h * w)
+    wgt = wgt / wgt.sum(dim=1, keepdim=True)
+    return torch.einsum('rn,rnc->rc', wgt.to(patch_tokens.dtype), patch_tokens)

@@ -6,17 +6,22 @@ import torch
 import torch.nn.functional as F
 
 import cotap_mm  # noqa: F401
-import cotap_mm.models.algorithms.cotap as cotap_module  # registers CoTAP
+import cotap_mm.models.algorithms.cotap.step as step_module
+import cotap_mm.models.algorithms.cotap.term_ranking as ranking_module
 import cotap_mm.models.heads.dino_projection_head  # noqa: F401
 import cotap_mm.models.losses.dino_cls_loss  # noqa: F401  (registers DINOClsLoss)
-from cotap_mm.engine.hooks.ema_teacher_hook import check_teacher_student, ema_update_
+from cotap_mm.models.algorithms.base import ema_update_, paired_tensors
+from cotap_mm.models.algorithms.cotap.step import find_partners, ranking_anchors
+from cotap_mm.models.algorithms.cotap.term_ranking import ranking_loss
+from cotap_mm.models.algorithms.cotap.term_prototypes import PrototypeTerm
+from cotap_mm.models.algorithms.cotap.step import CoTAPStep
 from cotap_test_helpers.tool_runs import logged_loss_rows, train_in_process
 from cotap_test_helpers.view_batches import geometric_view_batch
 from mmengine.config import Config
 from mmpretrain.registry import MODELS
 from mmpretrain.structures import DataSample
 
-REPO = osp.dirname(osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))))
+REPO = osp.dirname(osp.dirname(osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))))
 TINY = osp.join(REPO, 'configs/cotap/cotap_vit-tiny-p8_1xb8-demo_synthetic.py')
 FULL_KEYS = {'loss_cotap', 'loss_patch_cluster', 'loss_cls_cluster', 'loss_cls_neighbor',
              'loss_proto_entropy'}
@@ -46,8 +51,8 @@ def test_builds_structure_and_state_dict():
     assert any(k.startswith('backbone.') for k in keys)
     assert any(k.startswith('teacher.backbone.') for k in keys)
     assert not any(k.startswith('student.') for k in keys)  # no duplicated student keys
-    assert 'teacher_initialized' in keys and 'proto_bank' in keys and 'loss_iter' in keys
-    for name in ('patch_queue', 'cls_queue'):
+    assert 'teacher_initialized' in keys and 'proto_bank.queue' in keys and 'loss_iter' in keys
+    for name in ('proto_bank', 'patch_queue', 'cls_queue'):
         for buf in ('queue', 'ptr', 'count'):
             assert f'{name}.{buf}' in keys
             assert f'{name}.{buf}' in model._ddp_params_and_buffers_to_ignore
@@ -58,7 +63,7 @@ def test_builds_structure_and_state_dict():
     # the EMA hook's view of the student
     student = model.get_submodule('student')
     assert student['backbone'] is model.backbone
-    check_teacher_student(model.teacher, student)
+    paired_tensors(model.teacher, student)  # same names and shapes
     for name in model._ddp_params_and_buffers_to_ignore:
         assert name in dict(model.named_buffers())
     # teacher starts equal to the student
@@ -182,7 +187,7 @@ def test_sources_route_samples_to_their_terms(monkeypatch):
     for ds in samples:
         ds.set_field('coco', 'source', field_type='metainfo')
     logs = []
-    monkeypatch.setattr(cotap_module, 'print_log', lambda msg, **kw: logs.append(msg))
+    monkeypatch.setattr(step_module, 'print_log', lambda msg, **kw: logs.append(msg))
     only_coco = model.loss(inputs, samples)
     model.loss(inputs, samples)
     assert len(logs) == 1 and "cls_sources=('coco',)" in logs[0]
@@ -195,24 +200,24 @@ def test_neighbor_index_is_remapped_to_the_sub_batch():
     model = _build()
     _, samples = _mixed_batch()
     emb = torch.randn(4, 8)
-    imnet = torch.tensor([2, 3, 6, 7])
-    assert model._partners(emb, samples, imnet).tolist() == [1, 0, 3, 2]
-    assert model._partners(torch.randn(8, 8), samples).tolist() == [1, 0, 3, 2, 5, 4, 7, 6]
+    imnet = [2, 3, 6, 7]
+    assert find_partners(emb, samples, imnet).tolist() == [1, 0, 3, 2]
+    assert find_partners(torch.randn(8, 8), samples, None).tolist() == [1, 0, 3, 2, 5, 4, 7, 6]
     # without neighbor_index: retrieval inside the sub-batch
     for ds in samples:
         del ds.neighbor_index
     emb = torch.tensor([[1., 0.], [0., 1.], [0.9, 0.1], [0.1, 0.9]])
-    assert model._partners(emb, samples, imnet).tolist() == [2, 3, 0, 1]
+    assert find_partners(emb, samples, imnet).tolist() == [2, 3, 0, 1]
     # neighbor_index -1 (no partner, neighbor_collate on plain items): retrieval for those only
     for i, ds in enumerate(samples):
         ds.set_field([1, 0, -1, -1][i % 4] + 4 * (i // 4) if i % 4 < 2 else -1, 'neighbor_index')
-    assert model._partners(emb, samples, imnet).tolist() == [2, 3, 0, 1]
+    assert find_partners(emb, samples, imnet).tolist() == [2, 3, 0, 1]
     samples[2].set_field(7, 'neighbor_index')  # 2 <-> 7 given, 3 and 6 retrieved
     samples[7].set_field(2, 'neighbor_index')
-    assert model._partners(emb, samples, imnet).tolist() == [3, 3, 0, 0]
+    assert find_partners(emb, samples, imnet).tolist() == [3, 3, 0, 0]
     samples[2].set_field(-2, 'neighbor_index')
     with pytest.raises(ValueError, match='-1 \\(no partner\\)'):
-        model._partners(emb, samples, imnet)
+        find_partners(emb, samples, imnet)
     # a partner of another source is an error that names the field
     inputs, samples = _mixed_batch()
     samples[0].set_field(2, 'neighbor_index')
@@ -265,7 +270,7 @@ def test_ranking_anchors_match_the_release(monkeypatch):
     partner = torch.tensor([1, 0, 3, 2, 5, 4])  # [anchor, neighbour] x 3
     anchors = torch.tensor([0, 2, 4])
     perms = torch.tensor([[1, 2, 0], [2, 0, 1]])  # over the anchors
-    monkeypatch.setattr(cotap_module, 'random_derangements', lambda n, r, device=None: perms)
+    monkeypatch.setattr(ranking_module, 'random_derangements', lambda n, r, device=None: perms)
     seen = []
     monkeypatch.setattr(model.cotap_loss, 'forward',
                         lambda s, t, r: seen.append((s, t, r)) or s.sum())
@@ -273,7 +278,11 @@ def test_ranking_anchors_match_the_release(monkeypatch):
     def flat(x):  # [B, G, D, h, w] -> view-major [G*B, N, D]
         return x.permute(1, 0, 3, 4, 2).reshape(G * B, h * w, x.shape[2])
 
-    model._cotap_term(flat(s_maps), flat(t_maps), flat(fg)[..., 0], partner, anchors, (h, w),
+    def rank(s, t, f, partner, anchors, hw, G, B):
+        return ranking_loss(model.cotap_loss, s, t, f, partner, anchors, hw, G, B,
+                            model.pool_scales, model.topk, model.num_random)
+
+    rank(flat(s_maps), flat(t_maps), flat(fg)[..., 0], partner, anchors, (h, w),
                       G, B)
     ref_s, ref_t, ref_r = _released_ranking_items(s_maps, t_maps, fg, partner.tolist(),
                                                   anchors.tolist(), perms.tolist(), (2, 4), 3)
@@ -287,27 +296,24 @@ def test_ranking_anchors_match_the_release(monkeypatch):
         torch.testing.assert_close(s[r].sort().values, rs[rr].sort().values)
     # every image an anchor (the former behaviour): twice the items
     seen.clear()
-    monkeypatch.setattr(cotap_module, 'random_derangements',
+    monkeypatch.setattr(ranking_module, 'random_derangements',
                         lambda n, r, device=None: torch.stack([(torch.arange(n) + 1) % n] * r))
-    model._cotap_term(flat(s_maps), flat(t_maps), flat(fg)[..., 0], partner, None, (h, w), G, B)
+    rank(flat(s_maps), flat(t_maps), flat(fg)[..., 0], partner, None, (h, w), G, B)
     assert seen[0][0].numel() == 6 * 9 * 3
-    model.rank_all_images = True
     samples = [DataSample(metainfo=dict(is_neighbor=bool(i % 2))) for i in range(B)]
-    assert model._ranking_anchors(samples, None, torch.device('cpu')) is None
-    model.rank_all_images = False
-    assert model._ranking_anchors(samples, None, torch.device('cpu')).tolist() == [0, 2, 4]
-    assert model._ranking_anchors(samples, torch.tensor([0, 1, 4, 5]),
-                                  torch.device('cpu')).tolist() == [0, 2]
+    assert ranking_anchors([DataSample() for _ in range(B)], None, torch.device('cpu')) is None
+    assert ranking_anchors(samples, None, torch.device('cpu')).tolist() == [0, 2, 4]
+    assert ranking_anchors(samples, [0, 1, 4, 5], torch.device('cpu')).tolist() == [0, 2]
     # one anchor (a tiny batch): its random items are its own neighbour, as in the release
     seen.clear()
     two = torch.cat([flat(s_maps)[:2], flat(s_maps)[B:B + 2]])  # images 0, 1 of both views
-    model._cotap_term(two, two, torch.rand(4, h * w), torch.tensor([1, 0]), torch.tensor([0]),
+    rank(two, two, torch.rand(4, h * w), torch.tensor([1, 0]), torch.tensor([0]),
                       (h, w), G, 2)
     s, _, r = seen[0]
     assert s.numel() == 9 * 3
     torch.testing.assert_close(s[r][:9], s[~r])  # random block 0 == the positive block
     with pytest.raises(ValueError, match='no anchor'):
-        model._cotap_term(two, two, torch.rand(4, h * w), torch.tensor([1, 0]),
+        rank(two, two, torch.rand(4, h * w), torch.tensor([1, 0]),
                           torch.tensor([], dtype=torch.long), (h, w), G, 2)
 
 
@@ -355,15 +361,25 @@ def test_prototype_bank_takes_every_sample_until_full():
     hw = (4, 4)
     for step, (count, ptr) in enumerate([(8, 8), (12, 0), (12, 2), (12, 4)]):
         tokens = torch.randn(8, 17, model.neck.embed_dims) + step  # 8 samples a step
-        model._update_bank(tokens, hw)
-        assert (int(model.proto_bank_count), int(model.proto_bank_ptr)) == (count, ptr), step
+        _update_bank(model, tokens, hw)
+        assert (int(model.proto_bank.count), int(model.proto_bank.ptr)) == (count, ptr), step
+        assert (len(model.proto_bank), model.proto_bank._ptr) == (count, ptr), step
     # the first step's samples are the pooled maps of all 8 images, in order
     model = _build(bank_size=12, bank_samples_per_step=2, neck=dict(num_prototypes=8))
     tokens = torch.randn(8, 17, model.neck.embed_dims)
-    model._update_bank(tokens, hw)
+    _update_bank(model, tokens, hw)
     expected = torch.nn.functional.adaptive_avg_pool2d(
         tokens[:, 1:].transpose(1, 2).reshape(8, -1, 4, 4), 3)
-    torch.testing.assert_close(model.proto_bank[:8], expected)
+    torch.testing.assert_close(PrototypeTerm.bank_samples(model)[:8], expected)
+
+
+def _update_bank(model, tokens, hw):
+    """The prototype term's bank update for the tokens [n, 1+N, C] of one view (G = 1)."""
+    step = CoTAPStep(student_views=[torch.zeros(tokens.shape[0], 3, 8, 8)],
+                     data_samples=[DataSample() for _ in range(tokens.shape[0])], G=1,
+                     B=tokens.shape[0], p_pos=None, c_pos=None, clustering=False)
+    step.tokens, step.hw = tokens, hw
+    PrototypeTerm()(model, step)
 
 
 @pytest.mark.parametrize('teacher_prototypes', ['ema', 'copy'])
@@ -374,9 +390,9 @@ def test_prototype_bank_init_and_entropy(teacher_prototypes):
     inputs, samples = _batch()
     for step in range(2):
         losses = model.loss(inputs, samples)
-        assert not bool(model.neck.prototypes_initialized)
+        assert not bool(model.neck.prototypes_initialized) and not model.neck.initialized
         assert losses['loss_proto_entropy'].item() == 0.0
-    assert int(model.proto_bank_count) == 16 and int(model.proto_bank_ptr) == 0
+    assert int(model.proto_bank.count) == 16 and int(model.proto_bank.ptr) == 0
     before = model.teacher['neck'].prototypes.clone()
     losses = model.loss(inputs, samples)
     assert bool(model.neck.prototypes_initialized)
@@ -386,7 +402,7 @@ def test_prototype_bank_init_and_entropy(teacher_prototypes):
         torch.testing.assert_close(model.teacher['neck'].prototypes, model.neck.prototypes)
     else:  # as released: the teacher's prototypes only follow the student's through the EMA
         torch.testing.assert_close(model.teacher['neck'].prototypes, before)
-        ema_update_(model.teacher['neck'], model.neck, 0.9)
+        ema_update_(*paired_tensors(model.teacher['neck'], model.neck), 0.9)
         torch.testing.assert_close(model.teacher['neck'].prototypes,
                                    0.9 * before + 0.1 * model.neck.prototypes)
         assert bool(model.teacher['neck'].prototypes_initialized)  # buffers are copied
@@ -406,7 +422,7 @@ def test_disabled_terms_and_partner_field():
     inputs, samples = _batch()
     assert set(model.loss(inputs, samples)) == {'loss_cotap'}
     assert model.patch_queue is None and model.cls_queue is None
-    assert not any('queue' in n for n in model._ddp_params_and_buffers_to_ignore)
+    assert not any('_queue' in n for n in model._ddp_params_and_buffers_to_ignore)
     # one term off, the others on
     partial = _build(cls_neighbor_loss=dict(type='ClsNeighborLoss', loss_weight=0.))
     assert set(partial.loss(inputs, samples)) == FULL_KEYS - {'loss_cls_neighbor'}

@@ -2,10 +2,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from cotap_mm.models.algorithms.pair_selection import (build_similarity_items, gather_tokens,
-                                                       negative_partners, pool_views,
-                                                       random_derangements, retrieve_partners,
-                                                       topk_foreground_indices)
+from cotap_mm.models.algorithms.cotap.pair_selection import (
+    build_similarity_items, gather_tokens, negative_partners, pool_views, random_derangements,
+    retrieve_partners, topk_foreground_indices)
 
 
 def test_retrieve_partners_brute_force_and_excludes_self():

@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-import cotap_mm.models.algorithms.feature_queue as fq
-from cotap_mm.models.algorithms.feature_queue import FeatureQueue
+import cotap_mm.models.utils.feature_queue as fq
+from cotap_mm.models.utils.feature_queue import FeatureQueue
 
 
 def _rows(start, n, dim=3):
