@@ -52,8 +52,8 @@ def load_backbone_only(model: nn.Module, checkpoint: str) -> None:
     """
     from mmengine.runner.checkpoint import _load_checkpoint
 
-    from cotap_mm.models.backbones.cotap_filtered_vit import _checkpoint_state_dict
-    sd = _checkpoint_state_dict(_load_checkpoint(checkpoint, map_location='cpu'), checkpoint)
+    from cotap_mm.utils.state_dict import find_state_dict
+    sd = find_state_dict(_load_checkpoint(checkpoint, map_location='cpu'), checkpoint)
     own = model.backbone.state_dict()
     sub = {k[len('backbone.'):]: v for k, v in sd.items() if k.startswith('backbone.')}
     missing = sorted(set(own) - set(sub))

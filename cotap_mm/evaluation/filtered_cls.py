@@ -11,6 +11,7 @@ import torch
 from mmpretrain.registry import MODELS
 
 from cotap_mm.models.backbones.cotap_filtered_vit import CoTAPFilteredViT
+from cotap_mm.models.necks.object_prototype_neck import filtered_forward
 
 __all__ = ['CoTAPFilteredCLSViT']
 
@@ -26,6 +27,4 @@ class CoTAPFilteredCLSViT(CoTAPFilteredViT):
     def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor]:
         """Images [B, 3, H, W] -> ``(cls [B, 2C],)`` (what mmpretrain's classification heads take)."""
         self._check_prototypes('this model was not loaded from a CoTAP checkpoint')
-        tokens, hw = self.backbone.forward_pre_last(x)
-        cls, _ = self.neck(tokens, hw, self.backbone.last_block)
-        return (cls, )
+        return (filtered_forward(self.backbone, self.neck, x).cls, )
