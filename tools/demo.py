@@ -31,8 +31,8 @@ from typing import Any, Dict, List, Optional
 from mmengine.logging import MMLogger
 
 from cotap_mm.apis import (CLAIM_NOTE, SCENE_CLASSES, DenseProtocolSettings, aggregate_rows,
-                           comparison_pairs, paired_differences, rows_table, score_checkpoint_rows,
-                           score_equal_width_control, train_stage)
+                           comparison_pairs, paired_differences, protocol_arg_error, rows_table,
+                           score_checkpoint_rows, score_equal_width_control, train_stage)
 from cotap_mm.evaluation import synthetic_probe_data
 from cotap_mm.evaluation.visualization import save_feature_figure
 
@@ -64,7 +64,12 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     p.add_argument('--seed', type=int, default=0)
     p.add_argument('--skip-control', action='store_true',
                    help='skip the DINO control run (and its equal-width control)')
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    error = protocol_arg_error(args.oc_clusters, args.probe_train, args.nn_k, args.nn_temperature,
+                               None if args.skip_control else COTAP_CFG)
+    if error:
+        p.error(error)  # refused now rather than after the training stages
+    return args
 
 
 def protocol_settings(args: argparse.Namespace) -> DenseProtocolSettings:

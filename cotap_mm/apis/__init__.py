@@ -3,7 +3,7 @@ on feature sets (C / 2C / the equal-width control), tables (``tools/demo.py``,
 ``tools/benchmarks/bench_dense_methods.py``, ``tools/analysis_tools/*``)."""
 from .checkpoint_models import build_checkpoint_model, build_extractor, checkpoint_feature_sets
 from .dense_comparison import (CLAIM_NOTE, SCENE_CLASSES, comparison_pairs, dense_row,
-                               probe_checkpoint,
+                               probe_checkpoint, protocol_arg_error,
                                score_checkpoint_rows, score_equal_width_control)
 from .dense_scores import (PROTOCOLS, DenseProtocolSettings, score_cached_features,
                            score_extractor)
@@ -16,7 +16,7 @@ from .training_stages import rescale_param_schedulers, stage_checkpoint, train_s
 
 __all__ = [
     'build_checkpoint_model', 'build_extractor', 'checkpoint_feature_sets', 'SCENE_CLASSES',
-    'CLAIM_NOTE', 'comparison_pairs',
+    'CLAIM_NOTE', 'comparison_pairs', 'protocol_arg_error',
     'dense_row', 'probe_checkpoint', 'score_checkpoint_rows', 'score_equal_width_control',
     'PROTOCOLS', 'DenseProtocolSettings', 'score_cached_features', 'score_extractor',
     'aggregate_rows', 'checkpoint_scores_table', 'fmt_mean_std', 'paired_differences',

@@ -17,6 +17,7 @@ from .dense_scores import DenseProtocolSettings, score_extractor
 from .equal_width import equal_width_control
 
 __all__ = ['SCENE_CLASSES', 'CLAIM_NOTE', 'comparison_pairs', 'probe_checkpoint', 'dense_row',
+           'protocol_arg_error',
            'score_checkpoint_rows',
            'score_equal_width_control', 'oc_key']
 
@@ -36,6 +37,29 @@ def probe_checkpoint(cfg_path: str, ckpt: Optional[str], train: Sequence[np.ndar
     torch.manual_seed(seed)
     return dense_evaluation(build_extractor(cfg_path, ckpt, overrides), train[:2], val[:2],
                             SCENE_CLASSES, val_instances=val[2], epochs=epochs, lr=lr, seed=seed)
+
+
+def protocol_arg_error(oc_clusters: int, probe_train: int, nn_k: int, nn_temperature: float,
+                       filter_cfg: Optional[str] = None) -> Optional[str]:
+    """What is wrong with the protocol settings of the demo / the benchmark, or None.
+
+    ``filter_cfg``: the CoTAP config of the equal-width control, whose prototype bank is filled
+    from the ``probe_train`` training scenes (at least its M prototypes are needed); None: no
+    equal-width control.
+    """
+    if oc_clusters < SCENE_CLASSES:
+        return (f'--oc-clusters must be >= the {SCENE_CLASSES} classes of the generated scenes '
+                f'(majority matching), got {oc_clusters}')
+    if nn_k < 1 or not nn_temperature > 0:
+        return f'--nn-k must be >= 1 and --nn-temperature > 0, got {nn_k} and {nn_temperature}'
+    if filter_cfg is not None:
+        from mmengine.config import Config
+        m = Config.fromfile(filter_cfg).model.neck.num_prototypes
+        if probe_train < m:
+            return (f'--probe-train must be >= {m}: the equal-width control fills the '
+                    f"prototype bank of its filter ({m} prototypes) from the probe's training "
+                    f'scenes, got {probe_train}')
+    return None
 
 
 def oc_key(settings: DenseProtocolSettings) -> str:

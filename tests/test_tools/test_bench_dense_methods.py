@@ -87,3 +87,17 @@ def test_update_docs_replaces_only_the_section(tmp_path, monkeypatch):
     other.write_text('# Mine\n\n## Kept\n\nyes\n')
     tool.main(['--work-dir', str(tmp_path / 'w'), '--out', str(other)])
     assert other.read_text() == '# Mine\n\n## Kept\n\nyes\n\n' + section
+
+
+def test_settings_the_evaluation_would_refuse_are_refused_before_training(capsys):
+    tool = _tool()
+    for argv, message in ((['--oc-clusters', '5'], '--oc-clusters must be >= the 9 classes'),
+                          (['--probe-train', '10'], '--probe-train must be >= 16'),
+                          (['--nn-temperature', '0'], '--nn-temperature > 0')):
+        try:
+            tool.parse_args(argv)
+        except SystemExit as e:
+            assert e.code == 2
+        else:
+            raise AssertionError(f'{argv} was accepted')
+        assert message in capsys.readouterr().err

@@ -32,3 +32,16 @@ def test_demo_toy_run(tmp_path):
     # a second call finds every stage's checkpoint and only re-evaluates
     proc = run(cmd, env=run_env(), timeout=600)
     assert proc.stdout.count('stage already done') == 3
+
+
+def test_demo_refuses_a_too_small_bank_before_training(capsys):
+    from cotap_test_helpers.tool_runs import load_tool
+    tool = load_tool('tools/demo.py')
+    try:
+        tool.parse_args(['--probe-train', '8'])
+    except SystemExit as e:
+        assert e.code == 2
+    else:
+        raise AssertionError('--probe-train 8 was accepted')
+    assert "the equal-width control fills the prototype bank" in capsys.readouterr().err
+    assert tool.parse_args(['--probe-train', '8', '--skip-control']).probe_train == 8

@@ -43,8 +43,8 @@ from typing import Any, Dict, List, Optional
 
 import torch
 
-from cotap_mm.apis import (CLAIM_NOTE, DenseProtocolSettings, aggregate_rows,
-                           comparison_pairs, paired_differences, rows_table, run_measured_stage,
+from cotap_mm.apis import (CLAIM_NOTE, DenseProtocolSettings, aggregate_rows, comparison_pairs,
+                           paired_differences, protocol_arg_error, rows_table, run_measured_stage,
                            score_checkpoint_rows, score_equal_width_control, write_section)
 from cotap_mm.apis.dense_tables import per_seed_table
 from cotap_mm.evaluation import synthetic_probe_data
@@ -100,7 +100,12 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
                    help='first word of the methods to train (default: all): MoCo DenseCL SCFS '
                    'iBOT CoTAP; the DINO control is always trained (the ratios need it)')
     p.add_argument('--stage', default=None, help=argparse.SUPPRESS)  # internal: one training stage
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    error = protocol_arg_error(args.oc_clusters, args.probe_train, args.nn_k, args.nn_temperature,
+                               COTAP_CFG)
+    if error:
+        p.error(error)  # refused now rather than after the training stages
+    return args
 
 
 def run_stage_subprocess(cfg: str, work_dir: str, iters: int, seed: int, mode: str,
