@@ -34,3 +34,13 @@ log_level = 'INFO'
 load_from = None
 resume = False
 randomness = dict(seed=0, deterministic=False)
+
+# The transforms of one image for feature extraction: mmpretrain's FeatureExtractor(config, ckpt)
+# (after `import cotap_mm`, which lets it read test_pipeline: a pretraining config has no
+# test_dataloader) and tools/analysis_tools/visualize_features.py. Resized (squashed) to the side the
+# released runs train at, as the released probes resize; configs of other sizes override it.
+test_pipeline = [
+    dict(type='LoadImageFromFile'),
+    dict(type='Resize', scale=(224, 224)),
+    dict(type='PackInputs'),
+]

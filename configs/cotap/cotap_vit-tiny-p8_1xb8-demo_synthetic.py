@@ -86,3 +86,9 @@ custom_hooks = [
                           image_size=96, num_classes=8)),
 ]
 default_hooks = dict(logger=dict(interval=10), checkpoint=dict(interval=100))
+# one image for FeatureExtractor / visualize_features.py: the 64 px of the global crops
+test_pipeline = [
+    dict(type='LoadImageFromFile'),
+    dict(type='Resize', scale=(64, 64)),
+    dict(type='PackInputs'),
+]

@@ -39,3 +39,9 @@ train_cfg = dict(type='IterBasedTrainLoop', max_iters=max_iters)
 # docs/benchmarks.md, "The DINO start collapses to a near-uniform output")
 custom_hooks = [_base_.custom_hooks[0], dict(_base_.custom_hooks[1], start_iter=100)]
 default_hooks = dict(logger=dict(interval=10), checkpoint=dict(interval=500))
+# one image for FeatureExtractor / visualize_features.py: the 64 px of the global crops
+test_pipeline = [
+    dict(type='LoadImageFromFile'),
+    dict(type='Resize', scale=(64, 64)),
+    dict(type='PackInputs'),
+]

@@ -65,3 +65,9 @@ param_scheduler = [
 ]
 train_cfg = dict(type='IterBasedTrainLoop', max_iters=max_iters)
 default_hooks = dict(logger=dict(interval=10), checkpoint=dict(interval=100))
+# one image for FeatureExtractor / visualize_features.py: the 64 px of the global crops
+test_pipeline = [
+    dict(type='LoadImageFromFile'),
+    dict(type='Resize', scale=(64, 64)),
+    dict(type='PackInputs'),
+]

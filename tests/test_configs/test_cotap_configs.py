@@ -266,7 +266,7 @@ def test_model_builds_on_meta(name):
     assert model.cls_head(torch.empty(1, 2 * c, device='meta')).shape == (1, 4096)
     assert model.patch_queue.queue.shape == (262144, 256)
     assert model.cls_queue.queue.shape == (32768, 256)
-    assert model.proto_bank.shape == (1024, c, 3, 3)
+    assert model.proto_bank.queue.shape == (1024, c * 3 * 3) and not model.proto_bank.split_across_ranks
     assert set(model.teacher.keys()) == {'backbone', 'neck', 'patch_head', 'cls_head'}
 
 

@@ -87,3 +87,104 @@ def test_save_feature_figure(tmp_path):
     assert np.asarray(Image.open(path)).shape == (48, 192, 3)
     with pytest.raises(ValueError, match='together'):
         save_feature_figure(path, img, f, features_b=f)
+
+
+def _two_regions(h=6, w=8):
+    """Features of two regions (left / right half) with small noise: the expected 2-means split."""
+    rng = np.random.default_rng(0)
+    f = 0.01 * rng.standard_normal((5, h, w))
+    f[0, :, :w // 2] += 1.0
+    f[1, :, w // 2:] += 1.0
+    return f
+
+
+def test_kmeans_label_map_finds_regions_in_raster_order():
+    from cotap_mm.evaluation.visualization import kmeans_label_map
+    f = _two_regions()
+    labels = kmeans_label_map(f, 2)
+    expected = np.zeros((6, 8), dtype=np.int64)
+    expected[:, 4:] = 1  # the cluster of the first position (0, 0) is 0
+    np.testing.assert_array_equal(labels, expected)
+    # the same split whichever half comes first, and for a torch tensor
+    np.testing.assert_array_equal(kmeans_label_map(torch.from_numpy(f[:, :, ::-1].copy()), 2),
+                                  expected)
+    # cosine k-means: scaling a feature vector does not move it to another cluster
+    g = f.copy()
+    g[:, 0, 0] *= 50
+    np.testing.assert_array_equal(kmeans_label_map(g, 2), expected)
+    assert set(np.unique(kmeans_label_map(f, 5))) == set(range(5))
+    with pytest.raises(ValueError, match='num_clusters'):
+        kmeans_label_map(f, 49)
+
+
+def test_label_colors_distinct_per_label():
+    from cotap_mm.evaluation.visualization import label_colors
+    labels = np.arange(12).reshape(3, 4)
+    rgb = label_colors(labels)
+    assert rgb.shape == (3, 4, 3) and rgb.dtype == np.uint8
+    assert len({tuple(c) for c in rgb.reshape(-1, 3)}) == 12
+    np.testing.assert_array_equal(label_colors(np.full((2, 2), 3)), np.broadcast_to(rgb[0, 3],
+                                                                                    (2, 2, 3)))
+    with pytest.raises(ValueError, match='non-negative int'):
+        label_colors(np.array([[-1, 0]]))
+
+
+def test_grid_point_maps_pixels_to_cells():
+    from cotap_mm.evaluation.visualization import grid_point
+    assert grid_point((0, 0), (64, 96), (8, 12)) == (0, 0)
+    assert grid_point((95.9, 63.9), (64, 96), (8, 12)) == (7, 11)
+    assert grid_point((40, 9), (64, 96), (8, 12)) == (1, 5)  # x 40 / 8 px = col 5, y 9 / 8 = row 1
+    with pytest.raises(ValueError, match='outside'):
+        grid_point((96, 0), (64, 96), (8, 12))
+
+
+def test_feature_panels_and_save_panels(tmp_path):
+    from PIL import Image
+
+    from cotap_mm.evaluation.visualization import (feature_panels, kmeans_label_map, pca_rgb,
+                                                   save_panels, similarity_map)
+    f = _two_regions()
+    img = np.full((48, 64, 3), 128, dtype=np.uint8)
+    panels = feature_panels(img, f, cells=[(0, 0), (5, 7)], kmeans_k=[2, 3])
+    assert [t for t, _ in panels] == ['image', 'pca', 'sim 0,0', 'sim 5,7', 'kmeans 2',
+                                      'kmeans 3']
+    assert all(p.shape == (48, 64, 3) and p.dtype == np.uint8 for _, p in panels)
+    # each 8 x 8 pixel block shows its cell (nearest upsampling)
+    np.testing.assert_array_equal(panels[1][1][::8, ::8], pca_rgb(f))
+    sim = similarity_map(f, (0, 0))
+    assert (panels[2][1][4, 4] != panels[2][1][4, 60]).any()  # similar left, dissimilar right
+    assert sim[0, 0] > 0.99 and sim[0, 7] < 0.1
+    km = panels[4][1][::8, ::8]
+    labels = kmeans_label_map(f, 2)
+    for a in range(2):
+        assert len({tuple(c) for c in km[labels == a]}) == 1
+    assert (km[labels == 0][0] != km[labels == 1][0]).any()
+    assert (panels[0][1][0, 0] == [255, 0, 0]).all()  # the query cell (0, 0) is marked
+    out = tmp_path / 'a' / 'fig.png'
+    canvas = save_panels(str(out), panels)
+    assert canvas.shape == (12 + 48, 6 * 64, 3)
+    np.testing.assert_array_equal(np.asarray(Image.open(out).convert('RGB')), canvas)
+    np.testing.assert_array_equal(canvas[12:, 64:128], panels[1][1])
+    with pytest.raises(ValueError, match='outside'):
+        feature_panels(img, f, cells=[(6, 0)])
+    with pytest.raises(ValueError, match='one'):
+        save_panels(str(out), [('a', img), ('b', img[:8])])
+
+
+def test_feature_panels_skip_k_above_the_positions_with_a_warning():
+    from mmengine.logging import MMLogger
+
+    from cotap_mm.evaluation.visualization import feature_panels
+    img = np.zeros((16, 16, 3), dtype=np.uint8)
+    f = np.random.default_rng(0).standard_normal((4, 2, 2))
+    logger = MMLogger.get_current_instance()
+    records = []
+    handler = __import__('logging').Handler()
+    handler.emit = records.append
+    logger.addHandler(handler)
+    try:
+        panels = feature_panels(img, f, kmeans_k=[3, 8])
+    finally:
+        logger.removeHandler(handler)
+    assert [t for t, _ in panels] == ['image', 'pca', 'sim 1,1', 'kmeans 3']
+    assert any('K=8 skipped' in r.getMessage() and '2x2' in r.getMessage() for r in records)

@@ -39,7 +39,7 @@ student (``net.model.*``) and the EMA teacher (``net_teacher.model.*``)::
   ``EMATeacherHook`` keeps the imported teacher) and ``neck.prototypes_initialized = True`` (so
   CoTAP does not re-run k-means). Load it with ``load_from`` into ``CoTAP`` built with the printed
   kwargs. Not in the release and left to the model's initial values: the prototype bank
-  (``proto_bank``, ``proto_bank_ptr``, ``proto_bank_count``: empty), the Sinkhorn queues
+  (``proto_bank.*``: empty), the Sinkhorn queues
   (``patch_queue.*``, ``cls_queue.*``: empty), the step counter ``loss_iter`` (0: the clustering
   terms start after ``cluster_start_iter`` steps as in a fresh run) and loss buffers such as
   ``cls_loss.center`` (the release saves no bank or queue either: plain attributes).

@@ -35,7 +35,8 @@ class PackGeometricViews(BaseTransform):
       ``crop_boxes`` ``Tensor[V, 4]`` float32 ``(x1, y1, x2, y2)`` in original-image pixels,
       ``crop_flips`` ``Tensor[V]`` bool, ``teacher_view_indices`` ``Tensor[T]`` int64, plus
       ``algorithm_keys``;
-    - metainfo: ``num_student_views`` (V), ``num_teacher_views`` (T), ``num_global_crops``,
+    - metainfo: ``teacher_view_order`` (the same indices as a tuple, read by the models without
+      a device sync), ``num_student_views`` (V), ``num_teacher_views`` (T), ``num_global_crops``,
       ``num_local_crops``, ``student_color`` (when ``GeometricMultiView`` set it: 'batch',
       'pipeline' or 'none'), and the ``meta_keys`` present (``ori_shape``, ``img_path``,
       ``sample_idx``, ...).
@@ -95,7 +96,8 @@ class PackGeometricViews(BaseTransform):
                 sample.set_field(torch.from_numpy(val) if isinstance(val, np.ndarray) else val,
                                  key)
         sample.set_metainfo(
-            dict(num_student_views=num_views,
+            dict(teacher_view_order=tuple(int(i) for i in teacher_idx),  # on the host
+                 num_student_views=num_views,
                  num_teacher_views=len(teacher),
                  num_global_crops=int(results['num_global_crops']),
                  num_local_crops=int(results['num_local_crops'])))

@@ -7,6 +7,7 @@ import torch.nn as nn
 from mmpretrain.models.selfsup.base import BaseSelfSupervisor
 
 from cotap_mm.utils.config_checks import check_loss_weights
+from ..utils.host_state import HostMirrorMixin
 
 __all__ = ['TeacherStudentSelfSupervisor', 'first_view', 'paired_tensors', 'ema_update_']
 
@@ -57,7 +58,7 @@ def ema_update_(t_params: Sequence[torch.Tensor], s_params: Sequence[torch.Tenso
         t.copy_(s)
 
 
-class TeacherStudentSelfSupervisor(BaseSelfSupervisor):
+class TeacherStudentSelfSupervisor(HostMirrorMixin, BaseSelfSupervisor):
     """A self-supervisor with a student and a frozen EMA teacher of the same structure.
 
     The student modules stay direct submodules (checkpoint keys ``backbone.*``, ``head.*``, ...);
@@ -87,20 +88,17 @@ class TeacherStudentSelfSupervisor(BaseSelfSupervisor):
         self._ema_pairs: Optional[Tuple[List[torch.Tensor], ...]] = None
 
     def register_step_counter(self, name: str) -> None:
-        """A step counter saved as the long buffer ``name`` and mirrored on the host, so that
-        per-step decisions (warm-ups, frozen layers) read it without a device sync; the mirror
-        is refreshed from checkpoints (:meth:`_load_from_state_dict`)."""
-        self.register_buffer(name, torch.tensor(0, dtype=torch.long))
-        self.__dict__.setdefault('_host_counters', {})[name] = 0
+        """A step counter: the long buffer ``name`` (saved in checkpoints) with a host copy, so
+        per-step decisions (warm-ups, frozen layers) read it without a device sync."""
+        self.register_mirrored_buffer(name, 0)
 
     def step_count(self, name: str) -> int:
         """The host copy of the counter ``name``."""
-        return self._host_counters[name]
+        return self.host_value(name)
 
     def count_step(self, name: str) -> None:
-        """Add 1 to the counter ``name`` (buffer and host copy)."""
-        getattr(self, name).add_(1)
-        self._host_counters[name] += 1
+        """Add 1 to the counter ``name``."""
+        self.set_host_value(name, self.host_value(name) + 1)
 
     @property
     def student(self) -> nn.ModuleDict:
@@ -137,14 +135,6 @@ class TeacherStudentSelfSupervisor(BaseSelfSupervisor):
             momentum (float): in [0, 1]; 1 keeps the teacher, 0 copies the student.
         """
         ema_update_(*self._pairs(), momentum)
-
-    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
-                              unexpected_keys, error_msgs) -> None:
-        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
-                                      unexpected_keys, error_msgs)
-        for name in self.__dict__.get('_host_counters', {}):
-            if prefix + name in state_dict:  # once per load, not per step
-                self._host_counters[name] = int(state_dict[prefix + name])
 
     def init_weights(self) -> None:
         """Initialise the student (``init_cfg``), then copy it into the teacher (the flag stays

@@ -10,12 +10,13 @@ of their batch mean and sharpened by a temperature that warms up linearly. Base 
 import torch
 import torch.nn as nn
 
+from ..utils.host_state import HostMirrorMixin
 from .functional.teacher_centering import teacher_temperature, update_center_
 
 __all__ = ['CenteredTeacherLoss']
 
 
-class CenteredTeacherLoss(nn.Module):
+class CenteredTeacherLoss(HostMirrorMixin, nn.Module):
     """Base class (not registered): arguments, the centre buffer ``center`` [1, K] (saved /
     resumed) and the warm-up counter buffer ``num_updates``.
 
@@ -54,12 +55,16 @@ class CenteredTeacherLoss(nn.Module):
         self.center_momentum = float(center_momentum)
         self.loss_weight = float(loss_weight)
         self.register_buffer('center', torch.zeros(1, out_dim))
-        self.register_buffer('num_updates', torch.tensor(0, dtype=torch.long))
+        self.register_mirrored_buffer('num_updates', 0)  # host copy: no sync per step
 
     def current_teacher_temp(self) -> float:
         """:func:`teacher_temperature` at step ``num_updates``."""
-        return teacher_temperature(int(self.num_updates.item()), self.teacher_temp,
+        return teacher_temperature(self.host_value('num_updates'), self.teacher_temp,
                                    self.warmup_teacher_temp, self.warmup_iters)
+
+    def count_update(self) -> None:
+        """Advance the warm-up counter ``num_updates`` by one."""
+        self.set_host_value('num_updates', self.host_value('num_updates') + 1)
 
     @torch.no_grad()
     def update_center(self, teacher_logits: torch.Tensor) -> None:

@@ -55,8 +55,9 @@ class ContinuousAPLoss(nn.Module):
         eps_p (float): ``r = N / (P + eps_p)``, ``l = r / (1 + r)``. Defaults to 1e-5.
         eps_w (float): denominator epsilon of the weighted mean. Defaults to 1e-5.
         loss_weight (float): multiplier of the loss. Defaults to 1.0.
-        check_finite (bool): raise ``ValueError`` on NaN/inf inputs (costs one device sync).
-            Defaults to True.
+        check_finite (bool): raise ``ValueError`` on NaN/inf inputs (costs a device sync per
+            call; in training :class:`DivergenceHook` already stops a run whose loss is not
+            finite and names the term). Defaults to False.
     """
 
     def __init__(self,
@@ -69,7 +70,7 @@ class ContinuousAPLoss(nn.Module):
                  eps_p: float = 1e-5,
                  eps_w: float = 1e-5,
                  loss_weight: float = 1.0,
-                 check_finite: bool = True) -> None:
+                 check_finite: bool = False) -> None:
         super().__init__()
         if impl not in CONTINUOUS_AP_IMPLS:
             raise ValueError(f'impl must be one of {CONTINUOUS_AP_IMPLS}, got {impl!r}')

@@ -17,7 +17,7 @@ from .functional.sinkhorn import sinkhorn_knopp
 from .functional.teacher_centering import teacher_collapse_stats, teacher_temperature
 
 # teacher_temperature lives in functional.teacher_centering; re-exported here (public name)
-__all__ = ['CENTERINGS', 'dino_distributions', 'dino_cross_entropy', 'teacher_temperature',
+__all__ = ['CENTERINGS', 'dino_distributions', 'teacher_temperature',
            'DINOClsLoss', 'collapse_log_vars']
 
 #: How the teacher targets are made: DINO's EMA centre, or DINOv2's Sinkhorn-Knopp.
@@ -42,8 +42,15 @@ def dino_distributions(student_logits: torch.Tensor,
     :func:`sinkhorn_knopp` of the teacher logits of all Vt * B global crops (all processes) with
     ``epsilon = T_t`` and ``sinkhorn_iters`` iterations; ``center`` is not used.
 
-    Args: as :func:`dino_cross_entropy`, plus ``centering`` (one of :data:`CENTERINGS`,
-    defaults to 'ema') and ``sinkhorn_iters`` (defaults to 3, DINOv2's).
+    Args:
+        student_logits (Tensor): [Vs, B, K] head outputs of every student crop.
+        teacher_logits (Tensor): [Vt, B, K] teacher head outputs (detached here).
+        center (Tensor): [K] or [1, K] teacher centre.
+        student_temp, teacher_temp (float): T_s, T_t.
+        student_view_ids / teacher_view_ids (Sequence[int], optional): crop index of each view
+            (default ``range(V)``); pairs of the same crop are skipped, as in DINO.
+        centering (str): one of :data:`CENTERINGS`. Defaults to 'ema'.
+        sinkhorn_iters (int): Defaults to 3 (DINOv2).
 
     Returns:
         tuple: teacher probabilities [Vt, B, K] and student log-probabilities [Vs, B, K]
@@ -80,37 +87,6 @@ def _pair_cross_entropy(t_prob: torch.Tensor, s_logp: torch.Tensor,
     for ti, si in pairs:
         total = total + (-(t_prob[ti] * s_logp[si]).sum(dim=-1)).mean()
     return total / len(pairs)
-
-
-def dino_cross_entropy(student_logits: torch.Tensor,
-                       teacher_logits: torch.Tensor,
-                       center: torch.Tensor,
-                       student_temp: float = 0.1,
-                       teacher_temp: float = 0.07,
-                       student_view_ids: Optional[Sequence[int]] = None,
-                       teacher_view_ids: Optional[Sequence[int]] = None) -> torch.Tensor:
-    """DINO loss: mean over (student view, teacher view) pairs of different crops of
-    ``-sum_k softmax((t - c) / T_t)_k * log_softmax(s / T_s)_k``, averaged over the batch.
-
-    Args:
-        student_logits (Tensor): [Vs, B, K] head outputs of every student crop.
-        teacher_logits (Tensor): [Vt, B, K] teacher head outputs (detached here).
-        center (Tensor): [K] or [1, K] teacher centre.
-        student_temp (float): T_s. Defaults to 0.1.
-        teacher_temp (float): T_t. Defaults to 0.07.
-        student_view_ids (Sequence[int], optional): crop index of each student view; defaults
-            to ``range(Vs)``.
-        teacher_view_ids (Sequence[int], optional): crop index of each teacher view; defaults
-            to ``range(Vt)`` (teacher views = the first crops, the global ones). Pairs of the
-            same crop index are skipped, as in DINO.
-
-    Returns:
-        Tensor: scalar (float32).
-    """
-    t_prob, s_logp, pairs = dino_distributions(student_logits, teacher_logits, center,
-                                               student_temp, teacher_temp, student_view_ids,
-                                               teacher_view_ids)
-    return _pair_cross_entropy(t_prob, s_logp, pairs)
 
 
 @MODELS.register_module()
@@ -193,7 +169,7 @@ class DINOClsLoss(CenteredTeacherLoss):
             self.last_stats = teacher_collapse_stats(t_prob, pairs, loss)
             if self.centering == 'ema':
                 self.update_center(teacher_logits)
-            self.num_updates.add_(1)
+            self.count_update()
         return self.loss_weight * loss
 
 

@@ -117,7 +117,7 @@ class IBOTPatchLoss(CenteredTeacherLoss):
         terms with :meth:`cross_entropy`."""
         if self.training:
             self.update_center(teacher_logits)
-            self.num_updates.add_(1)
+            self.count_update()
 
     def forward(self,
                 student_logits: torch.Tensor,

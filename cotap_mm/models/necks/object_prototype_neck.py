@@ -13,13 +13,14 @@ from mmengine.model import BaseModule
 from mmengine.model.weight_init import trunc_normal_
 from mmpretrain.registry import MODELS
 
+from ..utils.host_state import HostMirrorMixin
 from .prototype_ops import kmeans_prototypes, prototype_conv_scores
 
 __all__ = ['ObjectPrototypeNeck', 'FilteredTokens', 'filtered_forward', 'tokens_to_map']
 
 
 @MODELS.register_module()
-class ObjectPrototypeNeck(BaseModule):
+class ObjectPrototypeNeck(HostMirrorMixin, BaseModule):
     """Object-aware filter of CoTAP: the last ViT block applied again, with cross-attention to
     learnable spatial prototypes in place of self-attention.
 
@@ -78,8 +79,7 @@ class ObjectPrototypeNeck(BaseModule):
         self.norm_in = nn.LayerNorm(embed_dims, eps=norm_eps)
         self.norm_out_patch = nn.LayerNorm(2 * embed_dims, eps=norm_eps)
         self.norm_out_cls = nn.LayerNorm(2 * embed_dims, eps=norm_eps)
-        self.register_buffer('prototypes_initialized', torch.tensor(False))
-        self._initialized_host = False  # host copy of the flag: read per step without a sync
+        self.register_mirrored_buffer('prototypes_initialized', False)
 
     @property
     def out_channels(self) -> int:
@@ -89,17 +89,9 @@ class ObjectPrototypeNeck(BaseModule):
     # ------------------------------------------------------------------ prototypes
     @property
     def initialized(self) -> bool:
-        """Whether the prototypes were set (k-means or loaded); the host copy of
-        ``prototypes_initialized``, refreshed whenever a state dict is loaded."""
-        return self._initialized_host
-
-    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
-                              unexpected_keys, error_msgs) -> None:
-        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
-                                      unexpected_keys, error_msgs)
-        flag = state_dict.get(prefix + 'prototypes_initialized')
-        if flag is not None:
-            self._initialized_host = bool(flag)
+        """Whether the prototypes were set (k-means or loaded): the host copy of
+        ``prototypes_initialized``, read without a device sync."""
+        return self.host_value('prototypes_initialized')
 
     @torch.no_grad()
     def load_prototypes_(self, prototypes: torch.Tensor) -> None:
@@ -112,8 +104,7 @@ class ObjectPrototypeNeck(BaseModule):
 
     def mark_initialized(self) -> None:
         """Set ``prototypes_initialized`` (buffer and host copy)."""
-        self.prototypes_initialized.fill_(True)
-        self._initialized_host = True
+        self.set_host_value('prototypes_initialized', True)
 
     @torch.no_grad()
     def init_prototypes_(self, bank: torch.Tensor, iters: int = 3000, seed: int = 0,

@@ -13,10 +13,12 @@ import torch
 import torch.nn as nn
 from mmengine.dist import get_world_size
 
+from .host_state import HostMirrorMixin
+
 __all__ = ['FeatureQueue']
 
 
-class FeatureQueue(nn.Module):
+class FeatureQueue(HostMirrorMixin, nn.Module):
     """Fixed-size FIFO of D-dim vectors held in buffers (saved in checkpoints, resumable).
 
     Buffers: ``queue`` [capacity, D] float32, ``ptr`` (next write position) and ``count``
@@ -26,8 +28,8 @@ class FeatureQueue(nn.Module):
     :meth:`features` returns the valid entries (what Sinkhorn adds to the current vectors);
     :meth:`ordered` the same, oldest first.
 
-    ``ptr`` and ``count`` are mirrored on the host, so a training step reads them without a
-    device sync (the mirror is refreshed whenever a state dict is loaded).
+    ``ptr`` and ``count`` have host copies (:class:`HostMirrorMixin`), so a training step reads
+    them without a device sync.
 
     Every process fills its own queue, so the owner must exclude these buffers from DDP's buffer
     broadcast (``CoTAP._ddp_params_and_buffers_to_ignore``); checkpoints hold rank 0's queue,
@@ -64,9 +66,8 @@ class FeatureQueue(nn.Module):
         world = get_world_size() if self.split_across_ranks else 1
         self.capacity = max(1, math.ceil(size / max(world, 1)))
         self.register_buffer('queue', torch.zeros(self.capacity, dim))
-        self.register_buffer('ptr', torch.tensor(0, dtype=torch.long))
-        self.register_buffer('count', torch.tensor(0, dtype=torch.long))
-        self._ptr = self._count = 0  # host copies of the two buffers
+        self.register_mirrored_buffer('ptr', 0)  # next write position
+        self.register_mirrored_buffer('count', 0)  # valid entries
 
     def __len__(self) -> int:
         return self._count
@@ -95,10 +96,17 @@ class FeatureQueue(nn.Module):
         self.queue[:x.shape[0]] = x.to(self.queue)
         self._set(x.shape[0] % self.capacity, x.shape[0])
 
+    @property
+    def _ptr(self) -> int:
+        return self.host_value('ptr')
+
+    @property
+    def _count(self) -> int:
+        return self.host_value('count')
+
     def _set(self, ptr: int, count: int) -> None:
-        self._ptr, self._count = ptr, count
-        self.ptr.fill_(ptr)
-        self.count.fill_(count)
+        self.set_host_value('ptr', ptr)
+        self.set_host_value('count', count)
 
     @torch.no_grad()
     def enqueue(self, x: torch.Tensor, generator: Optional[torch.Generator] = None) -> int:
@@ -148,9 +156,6 @@ class FeatureQueue(nn.Module):
                                                       dtype=torch.long)
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
                                       unexpected_keys, error_msgs)
-        if prefix + 'ptr' in state_dict and prefix + 'count' in state_dict:
-            self._ptr = int(state_dict[prefix + 'ptr'])
-            self._count = int(state_dict[prefix + 'count'])
 
     def extra_repr(self) -> str:
         return (f'size={self.size}, capacity={self.capacity}, dim={self.dim}, '

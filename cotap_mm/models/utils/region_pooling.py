@@ -108,8 +108,7 @@ def roi_align_maps(maps: torch.Tensor,
                         sampling_ratio, 'avg', True)
     if flips is not None:
         f = torch.as_tensor(flips, dtype=torch.bool, device=out.device)
-        if bool(f.any()):
-            out = torch.where(f[:, None, None, None], out.flip(-1), out)
+        out = torch.where(f[:, None, None, None], out.flip(-1), out)
     return out
 
 

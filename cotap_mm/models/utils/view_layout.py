@@ -67,7 +67,10 @@ def teacher_global_views(inputs: Sequence[torch.Tensor], data_samples: List[Data
     Raises:
         ValueError: the teacher views do not include every global crop.
     """
-    if 'teacher_view_indices' in data_samples[0]:
+    meta = data_samples[0].metainfo
+    if 'teacher_view_order' in meta:  # the host copy: no device sync
+        t_ids = list(meta['teacher_view_order'])
+    elif 'teacher_view_indices' in data_samples[0]:
         t_ids = [int(i) for i in data_samples[0].teacher_view_indices.tolist()]
     else:
         t_ids = list(range(T))

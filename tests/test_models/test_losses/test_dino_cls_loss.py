@@ -3,9 +3,17 @@ import math
 import pytest
 import torch
 
-from cotap_mm.models.losses.dino_cls_loss import (DINOClsLoss, dino_cross_entropy,
-                                                  dino_distributions, teacher_temperature)
+from cotap_mm.models.losses.dino_cls_loss import (DINOClsLoss, dino_distributions,
+                                                  teacher_temperature)
 from cotap_mm.models.losses.functional import teacher_collapse_stats
+
+
+def dino_cross_entropy(s, t, c, ts=0.1, tt=0.07, s_ids=None, t_ids=None):
+    """:class:`DINOClsLoss` with a given centre, no warm-up, in eval mode (no centre update)."""
+    loss = DINOClsLoss(out_dim=s.shape[-1], student_temp=ts, teacher_temp=tt,
+                       warmup_teacher_temp=tt, warmup_iters=0).eval()
+    loss.center.copy_(torch.as_tensor(c).reshape(1, -1))
+    return loss(s, t, s_ids, t_ids)
 
 
 def _brute(s, t, c, ts, tt, s_ids, t_ids):

@@ -161,11 +161,11 @@ def find_partners(embeddings: torch.Tensor, data_samples: Optional[List[DataSamp
     if any(where.get(r) == k for k, r in enumerate(raw)):
         raise ValueError(f'data_sample.{partner_key} must differ from the sample itself, got '
                          f'{raw} for batch positions {pos}')
-    idx = [where.get(r, -1) for r in raw]
-    if -1 in idx:  # samples without a partner (neighbor_index -1): in-batch retrieval
-        found = retrieve_partners(embeddings).tolist()
-        idx = [found[k] if i < 0 else i for k, i in enumerate(idx)]
-    return torch.as_tensor(idx, dtype=torch.long, device=embeddings.device)
+    idx = torch.as_tensor([where.get(r, -1) for r in raw], dtype=torch.long,
+                          device=embeddings.device)
+    if min(where.get(r, -1) for r in raw) < 0:  # no partner (neighbor_index -1): retrieval
+        idx = torch.where(idx < 0, retrieve_partners(embeddings), idx)
+    return idx
 
 
 def ranking_anchors(data_samples: List[DataSample], positions: Optional[List[int]],

@@ -158,10 +158,13 @@ def neighbor_code_loss(student_logits: torch.Tensor,
     """
     _check_views(student_logits, codes)
     B = student_logits.shape[1]
-    partner = torch.as_tensor(partner, dtype=torch.long, device=codes.device)
-    if partner.shape != (B, ) or bool(((partner < 0) | (partner >= B)).any()):
+    partner = torch.as_tensor(partner, dtype=torch.long)
+    # the values are checked where that costs no device sync (a partner given on the CPU)
+    if partner.shape != (B, ) or (partner.device.type == 'cpu' and bool(
+            ((partner < 0) | (partner >= B)).any())):
         raise ValueError(f'partner must be [{B}] batch positions in [0, {B}), got '
                          f'{partner.tolist()}')
+    partner = partner.to(codes.device)
     V, G = student_logits.shape[0], codes.shape[0]
     target = codes[:, partner]  # [G, B, K]: partner's codes at the anchor's position
     s = student_logits.unsqueeze(1).expand(V, G, *student_logits.shape[1:])

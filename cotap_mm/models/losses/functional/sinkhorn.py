@@ -75,8 +75,10 @@ def sinkhorn_knopp(scores: torch.Tensor,
             peak = logits.new_full((1, ), -float('inf'))
         peak = _reduce(peak, 'max')
         n_total = _reduce(logits.new_tensor([float(N)]))
-        if float(n_total.item()) == 0 or not torch.isfinite(peak).all():
-            return logits.new_zeros((N, K))
+        # non-finite scores give zero codes; decided on the device (no sync): an empty batch
+        # (n_total 0) has no rows to fill anyway
+        finite = torch.isfinite(peak)
+        peak = torch.where(finite, peak, torch.zeros_like(peak))
         q = torch.exp(logits - peak).t()  # [K, N]
         tiny = torch.finfo(q.dtype).tiny
         q /= _reduce(q.sum().reshape(1)).clamp_min(tiny)
@@ -87,7 +89,7 @@ def sinkhorn_knopp(scores: torch.Tensor,
             q /= q.sum(dim=0, keepdim=True).clamp_min(tiny)  # sample marginals (local)
             q /= n_total
         q *= n_total
-        return q.t().contiguous()
+        return torch.where(finite, q.t(), torch.zeros_like(q.t())).contiguous()
 
 
 @torch.no_grad()
