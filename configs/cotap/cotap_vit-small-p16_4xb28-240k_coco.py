@@ -21,6 +21,7 @@ _base_ = [
     '../_base_/datasets/cotap_coco_nn.py',
     '../_base_/schedules/cotap_adamw_cosine.py',
     '../_base_/default_runtime.py',
+    '../_base_/dense_monitor/coco_stuff27_nn.py',
 ]
 
 # student (and, by EMATeacherHook, teacher) initialised from the converted DINO weights;
@@ -36,3 +37,6 @@ optim_wrapper = dict(type='AmpOptimWrapper')  # fp16 (loss_scale 'dynamic' by de
 default_hooks = dict(checkpoint=dict(interval=10000, max_keep_ckpts=3))
 auto_scale_lr = dict(base_batch_size=112, enable=False)  # 4 GPUs x 28
 randomness = dict(seed=0, deterministic=False)
+# dense/mIoU on COCO-Stuff-27 every 10k iterations, best 5 checkpoints kept
+# (../_base_/dense_monitor/coco_stuff27_nn.py: data paths, how to point them elsewhere)
+custom_hooks = [*_base_.custom_hooks, _base_.dense_monitor]

@@ -74,6 +74,16 @@ custom_hooks = [
     dict(type='EMATeacherHook', momentum=0.996, end_momentum=1.0),
     # PCA / similarity pictures of the filtered patch features, in WORK_DIR/feature_vis
     dict(type='FeatureVisualizationHook', interval=100, num_images=4, image_size=64),
+    # dense/mIoU every 100 iterations: NN retrieval of the 2C features on held-out generated scenes
+    # with masks (seed 300: neither the training scenes nor the demo's probe scenes), at the global
+    # crop size; the best 2 checkpoints kept (best_dense_mIoU_iter_*.pth). Evaluation only: the
+    # training is the same with or without it.
+    dict(type='DenseMonitorHook', interval=100, image_size=global_size, features='2C',
+         keep_best=2,
+         train_dataset=dict(type='SyntheticScenesSeg', num_samples=100, split='train', seed=300,
+                            image_size=96, num_classes=8),
+         val_dataset=dict(type='SyntheticScenesSeg', num_samples=50, split='val', seed=300,
+                          image_size=96, num_classes=8)),
 ]
 default_hooks = dict(logger=dict(interval=10), checkpoint=dict(interval=100))
 # one image for FeatureExtractor / visualize_features.py: the 64 px of the global crops

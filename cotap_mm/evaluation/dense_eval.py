@@ -24,6 +24,20 @@ def synthetic_probe_data(split: str, num: int, seed: int = 0, image_size: int = 
     return np.stack(imgs), np.stack(masks), np.stack(insts)
 
 
+def feature_dispersion(feats: torch.Tensor, masks: torch.Tensor,
+                       instances: Optional[np.ndarray] = None) -> Dict[str, float]:
+    """:func:`dispersion_stats` of patch features ``[n, C, h, w]``, each patch labelled by the
+    majority class (and instance, when ``instances`` ``[n, H, W]`` are given) of its pixels in
+    ``masks`` ``[n, H, W]``."""
+    n, c, h, w = feats.shape
+    flat = feats.permute(0, 2, 3, 1).reshape(-1, c).cpu()
+    labels = patch_majority_labels(masks.cpu(), (h, w)).reshape(-1)
+    inst_ids = None
+    if instances is not None:
+        inst_ids = global_instance_ids(patch_majority_labels(instances, (h, w))).reshape(-1)
+    return dispersion_stats(flat, labels, inst_ids)
+
+
 def dense_evaluation(extract: ExtractFn,
                      train_data: Tuple[np.ndarray, np.ndarray],
                      val_data: Tuple[np.ndarray, np.ndarray],
@@ -53,12 +67,7 @@ def dense_evaluation(extract: ExtractFn,
     res.pop('train_feats', None)
     res.pop('train_masks', None)
     n, c, h, w = val_feats.shape
-    feats = val_feats.permute(0, 2, 3, 1).reshape(-1, c).cpu()
-    labels = patch_majority_labels(val_masks.cpu(), (h, w)).reshape(-1)
-    inst_ids = None
-    if val_instances is not None:
-        inst_ids = global_instance_ids(patch_majority_labels(val_instances, (h, w))).reshape(-1)
-    res['dispersion'] = dispersion_stats(feats, labels, inst_ids)
+    res['dispersion'] = feature_dispersion(val_feats, val_masks, val_instances)
     res['feature_shape'] = [c, h, w]
     res['val_feats'] = val_feats
     return res

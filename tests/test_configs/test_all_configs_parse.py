@@ -11,7 +11,8 @@ CONFIGS = sorted(glob.glob(osp.join(REPO, 'configs', '**', '*.py'), recursive=Tr
 
 def test_every_method_and_protocol_has_configs():
     rel = {osp.relpath(p, osp.join(REPO, 'configs')) for p in CONFIGS}
-    for folder in ('_base_/', 'cotap/', 'ddssl/', 'scfs/', 'benchmarks/mmseg/', 'benchmarks/mmdet/'):
+    for folder in ('_base_/', 'cotap/', 'ddssl/', 'scfs/', 'benchmarks/mmseg/', 'benchmarks/mmdet/',
+                   'benchmarks/classification/'):
         assert any(r.startswith(folder) for r in rel), f'no config under configs/{folder}'
     assert 'cotap_vits16_coco.py' in rel
 

@@ -1,27 +1,27 @@
-"""tools/benchmarks/bench_dense_methods.py: its report replaces only its own section of the file."""
+"""tools/benchmarks/bench_dense_methods.py at toy length: every protocol on C, CoTAP's 2C and the
+equal-width control; the section goes to the work dir, docs/ only with --update-docs; a re-run only
+re-evaluates. (The library parts are tested in tests/test_apis/.)"""
+import hashlib
 import json
-import math
 import os.path as osp
 
 from cotap_test_helpers.tool_runs import load_tool
+from cotap_test_helpers.tiny_runs import REPO_ROOT
 
 
 def _tool():
     return load_tool('tools/benchmarks/bench_dense_methods.py')
 
 
-def test_write_section_replaces_keeps_and_appends(tmp_path):
-    write = _tool().write_section
-    path = str(tmp_path / 'sub' / 'benchmarks.md')
-    write(path, '## A\n\nfirst\n')  # a missing file (and folder) is created with the title
-    assert open(path).read() == '# Benchmarks\n\n## A\n\nfirst\n'
-    with open(path, 'a') as f:
-        f.write('\n## B\n\nkept\n### B.1\n\nkept too\n')
-    write(path, '## A\n\nsecond\n')  # replaced in place, B untouched
-    assert open(path).read() == '# Benchmarks\n\n## A\n\nsecond\n\n## B\n\nkept\n### B.1\n\nkept too\n'
-    write(path, '## B\n\nnew b\n')  # the last section: replaced up to the end, sub-sections too
-    write(path, '## C\n\nc\n')  # a new title goes at the end
-    assert open(path).read() == '# Benchmarks\n\n## A\n\nsecond\n\n## B\n\nnew b\n\n## C\n\nc\n'
+def _docs_state():
+    """Hash and mtime of every file under docs/."""
+    import glob
+    import os
+    out = {}
+    for p in sorted(glob.glob(osp.join(REPO_ROOT, 'docs', '**'), recursive=True)):
+        if osp.isfile(p):
+            out[p] = (hashlib.sha256(open(p, 'rb').read()).hexdigest(), os.stat(p).st_mtime_ns)
+    return out
 
 
 def test_every_method_config_exists():
@@ -29,56 +29,75 @@ def test_every_method_config_exists():
     assert tool.CONTROL in tool.METHODS and tool.METHODS[tool.CONTROL][1] == 'load_from'
     for cfg, mode, _ in tool.METHODS.values():
         assert osp.isfile(cfg) and mode in ('load_from', 'init_from')
+    assert tool.DOCS == osp.join(REPO_ROOT, 'docs/benchmarks.md')
 
 
-def _run_stage(tool, capsys, work_dir: str, iters: int) -> dict:
-    spec = dict(cfg=tool.IMAGE_LEVEL_CFG, work_dir=work_dir, iters=iters, seed=0, mode='none',
-                start=None, overrides={'train_dataloader.dataset.num_samples': 4,
-                                       'train_dataloader.batch_size': 2})
-    tool._stage_main(spec)
-    return json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-
-
-def test_stage_keeps_its_measurements_for_a_rerun(tmp_path, capsys):
-    """A stage trained once reports its step time and memory again when a re-run finds it done."""
-    from mmengine.runner import Runner
+def test_toy_benchmark_reports_leaves_docs_alone_and_resumes(tmp_path, one_thread):
+    """Control + CoTAP at toy length: the three protocols on C / 2C / the equal-width control, the
+    section in the work dir (docs/ untouched), per-seed JSON, a re-run that only re-evaluates."""
     tool = _tool()
-    train = Runner.train
-    work = str(tmp_path / 'dino')
-    first = _run_stage(tool, capsys, work, iters=2)
-    assert Runner.train is train  # the measuring wrapper is removed again
-    assert osp.isfile(first['ckpt']) and first['step_time'] > 0 and first['peak_mb'] >= 0
-    saved = json.load(open(osp.join(work, tool.STAGE_STATS)))
-    assert saved == dict(step_time=first['step_time'], peak_mb=first['peak_mb'])
-    again = _run_stage(tool, capsys, work, iters=2)  # checkpoint there: no training
-    assert again == first
-
-
-def test_cached_stage_without_measurements_reports_nan(tmp_path, capsys):
-    tool = _tool()
-    work = tmp_path / 'old'
-    work.mkdir()
-    (work / 'iter_3.pth').write_bytes(b'')  # a stage done before measurements were kept
-    out = _run_stage(tool, capsys, str(work), iters=3)
-    assert out['ckpt'] == str(work / 'iter_3.pth')
-    assert math.isnan(out['step_time']) and math.isnan(out['peak_mb'])
-
-
-def test_toy_benchmark_reports_and_resumes(tmp_path, capsys):
-    """Control + CoTAP at toy length: table, per-seed JSON, and a re-run that only re-evaluates."""
-    tool = _tool()
-    out = str(tmp_path / 'benchmarks.md')
-    argv = ['--seeds', '0', '--work-dir', str(tmp_path / 'bench'), '--image-iters', '2',
-            '--extra-iters', '2', '--methods', 'CoTAP', '--probe-train', '6', '--probe-val', '3',
-            '--probe-epochs', '1', '--out', out]
+    docs_before = _docs_state()
+    work = tmp_path / 'bench'
+    # CoTAP's bank (128) fills in 8 steps, its prototypes exist from step 9: 10 steps give its 2C
+    argv = ['--seeds', '0', '--work-dir', str(work), '--image-iters', '2', '--extra-iters', '10',
+            '--methods', 'CoTAP', '--probe-train', '16', '--probe-val', '3', '--probe-epochs', '1',
+            '--oc-clusters', '12']
     results = tool.main(argv)
-    control = results[f'+ 2 it {tool.CONTROL}']
-    assert set(results) == {'random init', 'image-level start (DINO, 2 it)', f'+ 2 it {tool.CONTROL}',
-                            '+ 2 it CoTAP'}
-    assert control['step_time'][0] > 0 and control['peak_mb'][0] >= 0
-    saved = json.load(open(tmp_path / 'bench' / 'results.json'))
+    assert _docs_state() == docs_before  # a default run never writes docs/
+    control, cotap = f'+ 10 it {tool.CONTROL}', '+ 10 it CoTAP'
+    assert list(results) == ['random init [C]', 'image-level start (DINO, 2 it) [C]',
+                             f'{control} [C]', f'{tool.EQUAL_WIDTH} [2C]', f'{cotap} [C]',
+                             f'{cotap} [2C]']
+    assert results[f'{tool.EQUAL_WIDTH} [2C]']['dim'] == 192 == results[f'{cotap} [2C]']['dim']
+    for r in results.values():
+        for key in ('mIoU', 'oc_mIoU', 'nn_mIoU'):
+            assert len(r[key]) == 1 and 0.0 <= r[key][0] <= 100.0
+    assert results[f'{control} [C]']['step_time'][0] > 0
+    assert results[f'{control} [C]']['peak_mb'][0] >= 0
+    saved = json.load(open(work / 'results.json'))
     assert saved['seeds'] == [0] and saved['results'] == results
-    table = open(out).read()
-    assert '| + 2 it CoTAP |' in table and '| 1.00 |' in table  # ratios against the control
+    section = open(work / 'section.md').read()
+    assert section.startswith('## Dense benchmark (tiny ViT, generated scenes)')
+    assert f'| {tool.EQUAL_WIDTH} | 2C (192-d) |' in section and '| 1.00 |' in section
+    assert '| CoTAP - equal-width control, 2C vs 2C |' in section
+    assert '| CoTAP - control, C vs C |' in section and 'carry a claim' in section
     again = tool.main(argv)  # every stage found done: same numbers, timings read back
     assert again == results
+
+
+def test_update_docs_replaces_only_the_section(tmp_path, monkeypatch):
+    """--update-docs writes the section into the docs file as well (here a copy), nothing else."""
+    tool = _tool()
+    docs = tmp_path / 'benchmarks.md'
+    docs.write_text('# Benchmarks\n\n## Dense benchmark (tiny ViT, generated scenes)\n\nold\n\n'
+                    '## Other\n\nkept\n')
+    monkeypatch.setattr(tool, 'DOCS', str(docs))
+    section = '## Dense benchmark (tiny ViT, generated scenes)\n\nnew\n'
+    monkeypatch.setattr(tool, 'run_seed', lambda seed, args, data: [])
+    monkeypatch.setattr(tool, 'report', lambda per_seed, args, cmd, seconds: section)
+    monkeypatch.setattr(tool, 'synthetic_probe_data', lambda *a: None)
+    tool.main(['--work-dir', str(tmp_path / 'w')])
+    assert docs.read_text().endswith('## Dense benchmark (tiny ViT, generated scenes)\n\nold\n\n'
+                                     '## Other\n\nkept\n')  # default: untouched
+    assert (tmp_path / 'w' / 'section.md').read_text() == section
+    tool.main(['--work-dir', str(tmp_path / 'w'), '--update-docs'])
+    assert docs.read_text() == ('# Benchmarks\n\n## Dense benchmark (tiny ViT, generated scenes)'
+                                '\n\nnew\n\n## Other\n\nkept\n')
+    other = tmp_path / 'other.md'  # --out: a file of its own, this section replaced in it
+    other.write_text('# Mine\n\n## Kept\n\nyes\n')
+    tool.main(['--work-dir', str(tmp_path / 'w'), '--out', str(other)])
+    assert other.read_text() == '# Mine\n\n## Kept\n\nyes\n\n' + section
+
+
+def test_settings_the_evaluation_would_refuse_are_refused_before_training(capsys):
+    tool = _tool()
+    for argv, message in ((['--oc-clusters', '5'], '--oc-clusters must be >= the 9 classes'),
+                          (['--probe-train', '10'], '--probe-train must be >= 16'),
+                          (['--nn-temperature', '0'], '--nn-temperature > 0')):
+        try:
+            tool.parse_args(argv)
+        except SystemExit as e:
+            assert e.code == 2
+        else:
+            raise AssertionError(f'{argv} was accepted')
+        assert message in capsys.readouterr().err

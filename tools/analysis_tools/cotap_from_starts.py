@@ -24,18 +24,18 @@ import sys
 import time
 from typing import Any, Dict, List, Optional, Tuple
 
-TOOLS = osp.dirname(osp.dirname(osp.abspath(__file__)))
-sys.path.insert(0, TOOLS)
-sys.path.insert(0, osp.dirname(TOOLS))
+import torch
+from mmengine.config import DictAction
+from mmengine.logging import MMLogger
+from mmengine.registry import init_default_scope
 
-import torch  # noqa: E402
-from mmengine.config import DictAction  # noqa: E402
-from mmengine.logging import MMLogger  # noqa: E402
-from mmengine.registry import init_default_scope  # noqa: E402
+from cotap_mm.apis import probe_checkpoint, tiny_vit, train_stage, train_supervised
+from cotap_mm.evaluation import synthetic_probe_data
 
-from analysis_tools.probe_references import tiny_vit, train_supervised  # noqa: E402
-from cotap_mm.evaluation import synthetic_probe_data  # noqa: E402
-from demo import COTAP_CFG, IMAGE_LEVEL_CFG, probe_checkpoint, train_stage  # noqa: E402
+REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
+# the demo's configs (tools/demo.py)
+IMAGE_LEVEL_CFG = osp.join(REPO, 'configs/dino/dino_vit-tiny-p8_1xb8-1500it_synthetic.py')
+COTAP_CFG = osp.join(REPO, 'configs/cotap/cotap_vit-tiny-p8_1xb8-demo_synthetic.py')
 
 NUM_CLASSES = 8  # object classes of the generated scenes (9 with the background)
 

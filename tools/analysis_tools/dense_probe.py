@@ -19,26 +19,24 @@ import glob
 import json
 import os
 import os.path as osp
-import sys
 import time
 from typing import Any, Dict, List, Optional, Tuple
 
-sys.path.insert(0, osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))))
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-import torch.nn as nn  # noqa: E402
-from mmengine.config import Config, DictAction  # noqa: E402
-from mmengine.logging import MMLogger  # noqa: E402
-from mmengine.registry import init_default_scope  # noqa: E402
-from mmengine.runner.checkpoint import _load_checkpoint, load_state_dict  # noqa: E402
-from mmengine.utils import import_modules_from_strings  # noqa: E402
+import numpy as np
+import torch
+import torch.nn as nn
+from mmengine.config import Config, DictAction
+from mmengine.logging import MMLogger
+from mmengine.registry import init_default_scope
+from mmengine.runner.checkpoint import _load_checkpoint, load_state_dict
+from mmengine.utils import import_modules_from_strings
 
-import cotap_mm  # noqa: E402,F401  (registers modules, installs the safe checkpoint loader)
-from cotap_mm.evaluation.dense_eval import dense_evaluation, synthetic_probe_data  # noqa: E402
-from cotap_mm.evaluation.linear_probe import (IMAGENET_MEAN, IMAGENET_STD,  # noqa: E402
+import cotap_mm  # noqa: F401  (registers modules, installs the safe checkpoint loader)
+from cotap_mm.evaluation.dense_eval import dense_evaluation, synthetic_probe_data
+from cotap_mm.evaluation.linear_probe import (IMAGENET_MEAN, IMAGENET_STD,
                                               build_patch_feature_extractor)
-from cotap_mm.evaluation.visualization import save_feature_figure  # noqa: E402
+from cotap_mm.evaluation.visualization import save_feature_figure
 
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:

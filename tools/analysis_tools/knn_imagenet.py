@@ -17,20 +17,18 @@ import argparse
 import json
 import os
 import os.path as osp
-import sys
 import time
 from typing import Any, Dict, Iterator, List, Optional, Tuple
 
-sys.path.insert(0, osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))))
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from mmengine.config import DictAction  # noqa: E402
-from mmengine.logging import MMLogger  # noqa: E402
-from PIL import Image  # noqa: E402
+import numpy as np
+import torch
+from mmengine.config import DictAction
+from mmengine.logging import MMLogger
+from PIL import Image
 
-from cotap_mm.evaluation.frozen_model import load_frozen_model  # noqa: E402
-from cotap_mm.evaluation.knn_classify import (build_cls_feature_extractor,  # noqa: E402
+from cotap_mm.evaluation.frozen_model import load_frozen_model
+from cotap_mm.evaluation.knn_classify import (build_cls_feature_extractor,
                                               knn_accuracy, knn_sweep)
 
 IMAGE_EXTENSIONS = ('.jpeg', '.jpg', '.png')

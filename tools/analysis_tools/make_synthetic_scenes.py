@@ -10,14 +10,10 @@ Writes ``images/{training,validation}/*.jpg``, ``annotations/{training,validatio
 ``cotap_mm.datasets.synthetic_scenes.synthetic_metainfo(K)``) and ``synthetic_scenes.json``.
 """
 import argparse
-import os.path as osp
-import sys
 import time
 from typing import List, Optional
 
-sys.path.insert(0, osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))))
-
-from cotap_mm.datasets.synthetic_scenes import write_ade20k_layout  # noqa: E402
+from cotap_mm.datasets.synthetic_scenes import write_ade20k_layout
 
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:

@@ -26,28 +26,20 @@ import argparse
 import json
 import os
 import os.path as osp
-import sys
 import time
 from typing import Any, Dict, List, Optional, Tuple
 
-sys.path.insert(0, osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))))
+import numpy as np
+import torch
+from mmengine.config import DictAction
+from mmengine.logging import MMLogger
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from mmengine.config import DictAction  # noqa: E402
-from mmengine.logging import MMLogger  # noqa: E402
-
-from cotap_mm.evaluation.dense_eval import synthetic_probe_data  # noqa: E402
-from cotap_mm.evaluation.frozen_model import (dense_feature_extractors,  # noqa: E402
-                                              load_frozen_model)
-from cotap_mm.evaluation.labelled_sets import (SEG_DATASET_NAMES, load_seg_arrays,  # noqa: E402
-                                               seg_dataset_cfg)
-from cotap_mm.evaluation.linear_probe import (evaluate_linear_probe,  # noqa: E402
-                                              extract_features, fit_linear_probe)
-from cotap_mm.evaluation.nn_retrieval import nn_retrieval_eval  # noqa: E402
-from cotap_mm.evaluation.overclustering import overclustering_eval  # noqa: E402
-
-PROTOCOLS = ('linear', 'overclustering', 'nn')
+from cotap_mm.apis import (PROTOCOLS, DenseProtocolSettings, checkpoint_scores_table,
+                           score_cached_features)
+from cotap_mm.evaluation.dense_eval import synthetic_probe_data
+from cotap_mm.evaluation.frozen_model import dense_feature_extractors, load_frozen_model
+from cotap_mm.evaluation.labelled_sets import SEG_DATASET_NAMES, load_seg_arrays, seg_dataset_cfg
+from cotap_mm.evaluation.linear_probe import extract_features
 
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
@@ -118,60 +110,14 @@ def load_data(args: argparse.Namespace) -> Tuple[Tuple[np.ndarray, np.ndarray],
     return out[0], out[1], len(classes)
 
 
-def score_features(train_f: torch.Tensor, train_m: torch.Tensor, val_f: torch.Tensor,
-                   val_m: torch.Tensor, num_classes: int,
-                   args: argparse.Namespace) -> Dict[str, Any]:
-    """Every asked protocol on one feature set's cached features."""
-    out: Dict[str, Any] = {}
-
-    def summary(res: Dict[str, Any]) -> Dict[str, Any]:
-        return dict(mIoU=res['mIoU'], pixel_acc=res['pixel_acc'], mAcc=res['mAcc'],
-                    per_class_iou=[None if np.isnan(v) else float(v)
-                                   for v in res['per_class_iou']])
-
-    if 'linear' in args.protocols:
-        probe = fit_linear_probe(train_f, train_m, num_classes, args.linear_epochs, args.linear_lr,
-                                 args.batch_size, seed=args.seed)
-        out['linear'] = summary(evaluate_linear_probe(probe, val_f, val_m, num_classes))
-    if 'overclustering' in args.protocols:
-        runs = [] if args.no_hungarian else [('hungarian', num_classes)]
-        runs += [('majority', k) for k in args.clusters]
-        out['overclustering'] = {}
-        for matching, k in runs:
-            res = overclustering_eval(val_f, val_m, num_classes, k, matching, seed=args.seed,
-                                      iters=args.kmeans_iters, n_init=args.kmeans_restarts)
-            out['overclustering'][f'{matching}_K{k}'] = summary(res)
-    if 'nn' in args.protocols:
-        res = nn_retrieval_eval(train_f, train_m, val_f, val_m, num_classes, args.memory_size,
-                                args.nn_k, args.nn_temperature, seed=args.seed)
-        out['nn'] = dict(summary(res), memory_entries=res['memory_entries'], k=args.nn_k,
-                         temperature=args.nn_temperature)
-    return out
-
-
-def markdown_table(name: str, dataset: str, results: Dict[str, Dict[str, Any]]) -> str:
-    """Header and one row per feature set; mIoU in %."""
-    cols: List[Tuple[str, Tuple[str, ...]]] = []
-    for feats in results.values():
-        if 'linear' in feats and ('linear', ('linear', )) not in cols:
-            cols.append(('linear', ('linear', )))
-        for key in feats.get('overclustering', {}):
-            col = (f'OC {key.replace("_K", " K=")}', ('overclustering', key))
-            if col not in cols:
-                cols.append(col)
-        if 'nn' in feats and ('NN', ('nn', )) not in cols:
-            cols.append(('NN', ('nn', )))
-    head = ['model', 'dataset', 'features'] + [f'{c[0]} mIoU' for c in cols]
-    lines = ['| ' + ' | '.join(head) + ' |', '|' + '---|' * len(head)]
-    for fname, feats in results.items():
-        row = [name, dataset, f'{fname} ({feats["dim"]}-d)']
-        for _, path in cols:
-            node: Any = feats
-            for key in path:
-                node = node.get(key, {}) if isinstance(node, dict) else {}
-            row.append(f'{100 * node["mIoU"]:.2f}' if 'mIoU' in node else '-')
-        lines.append('| ' + ' | '.join(row) + ' |')
-    return '\n'.join(lines) + '\n'
+def protocol_settings(args: argparse.Namespace) -> DenseProtocolSettings:
+    """The protocols and their settings asked on the command line."""
+    return DenseProtocolSettings(
+        protocols=tuple(args.protocols), seed=args.seed, batch_size=args.batch_size,
+        linear_epochs=args.linear_epochs, linear_lr=args.linear_lr, clusters=tuple(args.clusters),
+        hungarian=not args.no_hungarian, kmeans_iters=args.kmeans_iters,
+        kmeans_restarts=args.kmeans_restarts, nn_k=args.nn_k, nn_temperature=args.nn_temperature,
+        memory_size=args.memory_size)
 
 
 def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
@@ -188,18 +134,19 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
     (tr_i, tr_m), (va_i, va_m), num_classes = load_data(args)
     logger.info(f'{args.dataset}: {len(tr_i)} train / {len(va_i)} val images at '
                 f'{args.image_size}px, {num_classes} classes; feature sets {list(extractors)}')
+    settings = protocol_settings(args)
     results: Dict[str, Dict[str, Any]] = {}
     for fname, extract in extractors.items():
         t0 = time.time()
         tr_f, tr_mt = extract_features(extract, (tr_i, tr_m), args.batch_size, args.device,
                                        'train')
         va_f, va_mt = extract_features(extract, (va_i, va_m), args.batch_size, args.device, 'val')
-        res = score_features(tr_f, tr_mt, va_f, va_mt, num_classes, args)
+        res = score_cached_features(tr_f, tr_mt, va_f, va_mt, num_classes, settings)
         res.update(dim=int(va_f.shape[1]), grid=[int(va_f.shape[2]), int(va_f.shape[3])])
         results[fname] = res
         logger.info(f'{fname} ({res["dim"]}-d) scored in {time.time() - t0:.1f}s')
     name = args.name or osp.splitext(osp.basename(args.config))[0]
-    table = markdown_table(name, args.dataset, results)
+    table = checkpoint_scores_table(name, args.dataset, results)
     logger.info('\n' + table)
     out = dict(config=args.config, checkpoint=args.checkpoint, branch=args.branch,
                dataset=args.dataset, data_root=args.data_root, num_classes=num_classes,

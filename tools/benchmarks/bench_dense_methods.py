@@ -12,14 +12,21 @@ same number of extra iterations and the same data:
   de-coupling branch (``DDSSLiBOT``);
 - **CoTAP** (its full objective).
 
-Each is scored with the frozen linear segmentation probe (mIoU) and the over-dispersion metric on
-generated scenes with masks, beside random init and the starting checkpoint. Step time (mean of the
+Each is scored beside random init and the starting checkpoint with three dense protocols on
+generated scenes with masks -- the frozen linear segmentation probe, overclustering (k-means on the
+val patches, majority matching) and dense nearest-neighbour retrieval, all mIoU -- and the
+over-dispersion metric, on its plain last-layer tokens (C) and, for CoTAP, on its 2C features
+(ordinary || object-aware-filtered tokens) too. The **equal-width control** gives the DINO control
+the same filter architecture, prototypes k-means-initialised on its own tokens, never trained, and
+is probed on its 2C features: CoTAP is compared C with C and 2C with 2C. Step time (mean of the
 runner's ``train/time``) and peak memory of training (each stage in its own subprocess: on CPU the
 peak resident memory during ``runner.train()`` above the resident memory just before it, the kernel's
 high-water mark being reset through ``/proc/self/clear_refs``; on CUDA ``max_memory_allocated``) are
 measured in the same run. Ratios are against the
-control. The table (mean +- std over seeds) is printed and written to ``docs/benchmarks.md`` with the
-command that produced it; the per-seed values go to ``WORK_DIR/results.json``. Stages found done in
+control. The tables (mean +- std over seeds, and per-seed differences of CoTAP against the
+controls) are printed and written with the command that produced them to ``WORK_DIR/section.md``
+(``--out`` elsewhere; ``--update-docs``: the "Dense benchmark" section of ``docs/benchmarks.md``,
+replacing its hand-written analysis); the per-seed values go to ``WORK_DIR/results.json``. Stages found done in
 the work dir are not trained again (their step time and memory come from ``stage_stats.json``), so an
 interrupted run, or one with more seeds, resumes.
 
@@ -34,16 +41,18 @@ import sys
 import time
 from typing import Any, Dict, List, Optional
 
-TOOLS = osp.dirname(osp.dirname(osp.abspath(__file__)))
-REPO = osp.dirname(TOOLS)
-sys.path.insert(0, TOOLS)
-sys.path.insert(0, REPO)
+import torch
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
+from cotap_mm.apis import (CLAIM_NOTE, DenseProtocolSettings, aggregate_rows, comparison_pairs,
+                           paired_differences, protocol_arg_error, rows_table, run_measured_stage,
+                           score_checkpoint_rows, score_equal_width_control, write_section)
+from cotap_mm.apis.dense_tables import per_seed_table
+from cotap_mm.evaluation import synthetic_probe_data
 
-from demo import COTAP_CFG, IMAGE_LEVEL_CFG, probe_checkpoint, train_stage  # noqa: E402
-
+REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
+DOCS = osp.join(REPO, 'docs/benchmarks.md')
+IMAGE_LEVEL_CFG = osp.join(REPO, 'configs/dino/dino_vit-tiny-p8_1xb8-1500it_synthetic.py')
+COTAP_CFG = osp.join(REPO, 'configs/cotap/cotap_vit-tiny-p8_1xb8-demo_synthetic.py')
 MOCO_CFG = osp.join(REPO, 'configs/mocov3/mocov3_vit-tiny-p8_1xb16-300it_synthetic.py')
 DENSECL_CFG = osp.join(REPO, 'configs/densecl/densecl_vit-tiny-p8_1xb16-300it_synthetic.py')
 SCFS_CFG = osp.join(REPO, 'configs/scfs/scfs_vit-tiny-p8_1xb8-300it_synthetic.py')
@@ -51,11 +60,8 @@ DDSSL_CFG = osp.join(REPO, 'configs/ddssl/ddssl-ibot_vit-tiny-p8_1xb8-300it_synt
 # SCFS's CPU config has 3 blocks; here it gets the 4 blocks of the starting checkpoint, searched
 # after blocks 2-4 (the ViT counterpart of ResNet stages 2-4)
 SCFS_SAME_BACKBONE = {'model.backbone.arch.num_layers': 4, 'model.backbone.out_indices': (1, 2, 3)}
-# step time and peak memory of a trained stage, kept in its work dir: a re-run that finds the stage
-# done (train_stage skips it) reports these instead of nothing. A stage resumed after an
-# interruption reports what its last process measured.
-STAGE_STATS = 'stage_stats.json'
 CONTROL = 'DINO (control)'
+EQUAL_WIDTH = 'equal-width control (DINO control + untrained filter)'
 METHODS = {  # name: (config, how the starting checkpoint is used, config overrides)
     CONTROL: (IMAGE_LEVEL_CFG, 'load_from', {}),
     'MoCo v3': (MOCO_CFG, 'init_from', {}),
@@ -64,6 +70,7 @@ METHODS = {  # name: (config, how the starting checkpoint is used, config overri
     'iBOT + de-coupling': (DDSSL_CFG, 'init_from', {}),
     'CoTAP': (COTAP_CFG, 'init_from', {}),
 }
+SECTION = 'section.md'
 
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
@@ -72,23 +79,40 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     p.add_argument('--seeds', type=int, nargs='+', default=[0])
     p.add_argument('--image-iters', type=int, default=1500)
     p.add_argument('--extra-iters', type=int, default=1000)
-    p.add_argument('--probe-train', type=int, default=300)
+    p.add_argument('--probe-train', type=int, default=300,
+                   help='probe training images (the NN-retrieval memory, the equal-width '
+                   "control's prototype bank: at least the filter's 16 prototypes)")
     p.add_argument('--probe-val', type=int, default=150)
     p.add_argument('--probe-epochs', type=int, default=60)
     p.add_argument('--probe-lr', type=float, default=1e-2)
     p.add_argument('--probe-size', type=int, default=96, help='probe image size (pixels)')
-    p.add_argument('--out', default=osp.join(REPO, 'docs/benchmarks.md'))
+    p.add_argument('--oc-clusters', type=int, default=50,
+                   help='K of the overclustering (k-means, majority matching)')
+    p.add_argument('--nn-k', type=int, default=30, help='neighbours of the NN retrieval')
+    p.add_argument('--nn-temperature', type=float, default=0.02)
+    p.add_argument('--out', default=None,
+                   help=f'also put the Markdown section into this file, replacing its section of '
+                   f'the same title (it is always written to WORK_DIR/{SECTION})')
+    p.add_argument('--update-docs', action='store_true',
+                   help='also replace the "Dense benchmark" section of docs/benchmarks.md (its '
+                   'hand-written analysis is lost: re-add it)')
     p.add_argument('--methods', nargs='+', default=None,
                    help='first word of the methods to train (default: all): MoCo DenseCL SCFS '
                    'iBOT CoTAP; the DINO control is always trained (the ratios need it)')
     p.add_argument('--stage', default=None, help=argparse.SUPPRESS)  # internal: one training stage
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    error = protocol_arg_error(args.oc_clusters, args.probe_train, args.nn_k, args.nn_temperature,
+                               COTAP_CFG)
+    if error:
+        p.error(error)  # refused now rather than after the training stages
+    return args
 
 
 def run_stage_subprocess(cfg: str, work_dir: str, iters: int, seed: int, mode: str,
                          start: Optional[str],
                          overrides: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
-    """Train one stage in a fresh process; returns its checkpoint, step time and peak memory."""
+    """Train one stage in a fresh process (:func:`run_measured_stage`); returns its checkpoint,
+    step time and peak memory."""
     spec = json.dumps(dict(cfg=cfg, work_dir=work_dir, iters=iters, seed=seed, mode=mode,
                            start=start, overrides=overrides or {}))
     out = subprocess.run([sys.executable, osp.abspath(__file__), '--stage', spec],
@@ -98,164 +122,101 @@ def run_stage_subprocess(cfg: str, work_dir: str, iters: int, seed: int, mode: s
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def _stage_main(spec: Dict[str, Any]) -> None:
-    from mmengine.runner import Runner
-    stats: Dict[str, float] = {}
-    orig_train = Runner.train
-
-    def train_and_measure(self):  # record the runner's own step time before it is torn down
-        base = _reset_peak_rss()
-        result = orig_train(self)
-        stats['step_time'] = float(self.message_hub.get_scalar('train/time').mean())
-        # the kernel's per-thread RSS counters are summed lazily (up to ~64 pages each), so a run
-        # that allocates next to nothing can read a few hundred KB below its baseline: floor at 0
-        stats['peak_mb'] = max(0.0, (_status_kb('VmHWM') - base) / 1024)
-        return result
-
-    extra = {k: tuple(v) if isinstance(v, list) else v
-             for k, v in spec.get('overrides', {}).items()}  # JSON turned tuples into lists
-    if spec['mode'] == 'load_from' and spec['start']:
-        extra['load_from'] = spec['start']
-    init_from = spec['start'] if spec['mode'] == 'init_from' else None
-    Runner.train = train_and_measure
-    try:
-        ckpt = train_stage(spec['cfg'], spec['work_dir'], spec['iters'], spec['seed'],
-                           init_from=init_from, extra=extra or None)
-    finally:
-        Runner.train = orig_train
-    stats_file = osp.join(spec['work_dir'], STAGE_STATS)
-    if 'step_time' in stats:  # trained here: keep the measurements beside the checkpoint
-        if torch.cuda.is_available():
-            stats['peak_mb'] = torch.cuda.max_memory_allocated() / 2**20
-        with open(stats_file, 'w') as f:
-            json.dump(stats, f)
-    elif osp.isfile(stats_file):  # stage done by an earlier run: report what it measured
-        with open(stats_file) as f:
-            stats = json.load(f)
-    print(json.dumps(dict(ckpt=ckpt, step_time=stats.get('step_time', float('nan')),
-                          peak_mb=stats.get('peak_mb', float('nan')))))
+def protocol_settings(args: argparse.Namespace, seed: int) -> DenseProtocolSettings:
+    """The benchmark's protocols (the demo's): linear probe (Adam, no flip), overclustering
+    (majority at ``--oc-clusters``, the table's; Hungarian at K = classes, in results.json), NN
+    retrieval."""
+    return DenseProtocolSettings(seed=seed, linear_epochs=args.probe_epochs,
+                                 linear_lr=args.probe_lr, clusters=(args.oc_clusters, ),
+                                 hungarian=True, nn_k=args.nn_k,
+                                 nn_temperature=args.nn_temperature)
 
 
-def _status_kb(key: str) -> float:
-    with open('/proc/self/status') as f:
-        for line in f:
-            if line.startswith(key + ':'):
-                return float(line.split()[1])
-    return float('nan')
+def run_seed(seed: int, args: argparse.Namespace, data: Dict[str, Any]) -> List[Dict[str, Any]]:
+    """Train (or find) every stage of one seed and score it: the rows of that seed."""
+    sdir = osp.join(osp.abspath(args.work_dir), f'seed{seed}')
+    settings = protocol_settings(args, seed)
+    train, val = data['train'], data['val']
+    start = run_stage_subprocess(IMAGE_LEVEL_CFG, osp.join(sdir, 'image_level'),
+                                 args.image_iters, seed, 'none', None)
+    rows = [r for r, _ in score_checkpoint_rows('random init', IMAGE_LEVEL_CFG, None, train, val,
+                                                settings)]
+    rows += [r for r, _ in score_checkpoint_rows(start_name(args), IMAGE_LEVEL_CFG,
+                                                 start['ckpt'], train, val, settings)]
+    for name, (cfg, mode, overrides) in METHODS.items():
+        if args.methods and name.split()[0] not in args.methods and name != CONTROL:
+            continue
+        st = run_stage_subprocess(cfg, osp.join(sdir, name.split()[0].lower()),
+                                  args.extra_iters, seed, mode, start['ckpt'], overrides)
+        method_rows = [r for r, _ in score_checkpoint_rows(
+            f'+ {args.extra_iters} it {name}', cfg, st['ckpt'], train, val, settings,
+            overrides)]
+        method_rows[0].update(step_time=st['step_time'], peak_mb=st['peak_mb'])
+        if name == CONTROL:
+            method_rows.append(score_equal_width_control(EQUAL_WIDTH, COTAP_CFG, st['ckpt'],
+                                                         train, val, settings)[0])
+        for r in method_rows:
+            print(f"[seed {seed}] {r['name']} [{r['features']}]: linear {100 * r['mIoU']:.2f}, "
+                  f"overclustering {100 * r['oc_mIoU']:.2f}, NN {100 * r['nn_mIoU']:.2f}",
+                  flush=True)
+        rows += method_rows
+    return rows
 
 
-def _reset_peak_rss() -> float:
-    """Reset the high-water mark of resident memory (Linux) to the current RSS; returns it in KB.
-
-    Read back as ``VmHWM``, the counter the peak is read from later: ``VmRSS`` and ``VmHWM`` are
-    summed from per-thread counters at different times and can disagree by a few pages, which
-    made a tiny run's peak come out below its baseline (-0.02 MB, -0.11 MB); the caller floors the
-    difference at 0.
-    """
-    try:
-        with open('/proc/self/clear_refs', 'w') as f:
-            f.write('5')
-    except OSError:
-        pass
-    return _status_kb('VmHWM')
+def start_name(args: argparse.Namespace) -> str:
+    return f'image-level start (DINO, {args.image_iters} it)'
 
 
-def evaluate(cfg: str, ckpt: Optional[str], data: Dict[str, Any],
-             args: argparse.Namespace, seed: int,
-             overrides: Optional[Dict[str, Any]] = None) -> Dict[str, float]:
-    res = probe_checkpoint(cfg, ckpt, data['train'], data['val'], args.probe_epochs, args.probe_lr,
-                           seed, overrides)
-    return dict(mIoU=100 * res['mIoU'], dispersion=res['dispersion']['dispersion'],
-                inst_dispersion=res['dispersion'].get('instance_dispersion', float('nan')))
-
-
-def _fmt(values: List[float], digits: int = 2) -> str:
-    if not values or all(np.isnan(values)):
-        return '-'
-    if len(values) == 1:
-        return f'{values[0]:.{digits}f}'
-    return f'{np.mean(values):.{digits}f} +- {np.std(values):.{digits}f}'
+def report(per_seed: List[List[Dict[str, Any]]], args: argparse.Namespace, cmd: str,
+           seconds: float) -> str:
+    """The Markdown section: command, the table, the paired differences, the per-seed values."""
+    agg = aggregate_rows(per_seed)
+    control = f'+ {args.extra_iters} it {CONTROL}'
+    cotap = f'+ {args.extra_iters} it CoTAP'
+    pairs = comparison_pairs(start_name(args), control, EQUAL_WIDTH, cotap)
+    device = torch.cuda.get_device_name() if torch.cuda.is_available() else \
+        f'CPU ({os.cpu_count()} cores)'
+    per_seed_tables = '\n\n'.join(f'{title} per seed (%):\n\n{per_seed_table(agg, key, args.seeds)}'
+                                   for key, title in (('mIoU', 'Linear probe'),
+                                                      ('oc_mIoU', 'Overclustering'),
+                                                      ('nn_mIoU', 'NN retrieval')))
+    return (f'## Dense benchmark (tiny ViT, generated scenes)\n\nCommand: `{cmd}`  \n'
+            f'Device: {device}; seeds {args.seeds}; {seconds:.0f} s in all. Linear probe '
+            f'{args.probe_epochs} epochs (Adam lr {args.probe_lr}, no flip); overclustering '
+            f'K={args.oc_clusters}, majority matching; NN retrieval k={args.nn_k}, '
+            f'T={args.nn_temperature}, memory = every training patch; {args.probe_train} / '
+            f'{args.probe_val} scenes at {args.probe_size} px. Mean +- std over seeds.\n\n'
+            f'{rows_table(agg, f"{control} [C]")}\n\n{paired_differences(agg, pairs)}\n\n'
+            f'{CLAIM_NOTE}\n\n{per_seed_tables}\n')
 
 
 def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
     args = parse_args(argv)
     if args.stage is not None:
-        _stage_main(json.loads(args.stage))
+        print(json.dumps(run_measured_stage(json.loads(args.stage))))
         return {}
-    from cotap_mm.evaluation import synthetic_probe_data
     work = osp.abspath(args.work_dir)
+    os.makedirs(work, exist_ok=True)
     data = dict(train=synthetic_probe_data('train', args.probe_train, 100, args.probe_size, 8),
                 val=synthetic_probe_data('val', args.probe_val, 100, args.probe_size, 8))
-    results: Dict[str, Dict[str, List[float]]] = {}
-
-    def add(name: str, values: Dict[str, float]) -> None:
-        for k, v in values.items():
-            results.setdefault(name, {}).setdefault(k, []).append(v)
-
     t0 = time.time()
-    for seed in args.seeds:
-        sdir = osp.join(work, f'seed{seed}')
-        start = run_stage_subprocess(IMAGE_LEVEL_CFG, osp.join(sdir, 'image_level'),
-                                     args.image_iters, seed, 'none', None)
-        add('random init', evaluate(IMAGE_LEVEL_CFG, None, data, args, seed))
-        add(f'image-level start (DINO, {args.image_iters} it)',
-            dict(evaluate(IMAGE_LEVEL_CFG, start['ckpt'], data, args, seed)))
-        for name, (cfg, mode, overrides) in METHODS.items():
-            if (args.methods and name.split()[0] not in args.methods
-                    and name != CONTROL):
-                continue
-            st = run_stage_subprocess(cfg, osp.join(sdir, name.split()[0].lower()),
-                                      args.extra_iters, seed, mode, start['ckpt'], overrides)
-            add(f'+ {args.extra_iters} it {name}',
-                dict(evaluate(cfg, st['ckpt'], data, args, seed, overrides),
-                     step_time=st['step_time'], peak_mb=st['peak_mb']))
-            print(f'[seed {seed}] {name}: {results[f"+ {args.extra_iters} it {name}"]}', flush=True)
-
-    control = results[f'+ {args.extra_iters} it {CONTROL}']
-    ref_t, ref_m = np.mean(control['step_time']), np.mean(control['peak_mb'])
-    lines = ['| model | linear-probe mIoU (%) | dispersion (lower = tighter) | instance dispersion '
-             '| step time (s) | x control | peak memory (MB) | x control |', '|' + '---|' * 8]
-    for name, r in results.items():
-        t = r.get('step_time', [])
-        m = r.get('peak_mb', [])
-        lines.append(f"| {name} | {_fmt(r['mIoU'])} | {_fmt(r['dispersion'], 3)} | "
-                     f"{_fmt(r['inst_dispersion'], 3)} | {_fmt(t, 3)} | "
-                     f"{_fmt([np.mean(t) / ref_t] if t else [], 2)} | {_fmt(m, 0)} | "
-                     f"{_fmt([np.mean(m) / ref_m] if m else [], 2)} |")
-    device = torch.cuda.get_device_name() if torch.cuda.is_available() else \
-        f'CPU ({os.cpu_count()} cores)'
+    per_seed = [run_seed(seed, args, data) for seed in args.seeds]
     cmd = 'python tools/benchmarks/bench_dense_methods.py ' + ' '.join(
         sys.argv[1:] if argv is None else argv)
-    report = (f'## Dense benchmark (tiny ViT, generated scenes)\n\nCommand: `{cmd}`  \n'
-              f'Device: {device}; seeds {args.seeds}; {time.time() - t0:.0f} s in all.\n\n'
-              + '\n'.join(lines) + '\n')
-    print(report)
-    write_section(args.out, report)
+    section = report(per_seed, args, cmd, time.time() - t0)
+    print(section)
+    if args.out:  # a Markdown file of several sections: this one replaced, the others kept
+        write_section(args.out, section)
+    with open(osp.join(work, SECTION), 'w') as f:
+        f.write(section)
+    if args.update_docs:
+        write_section(DOCS, section)
+    results = aggregate_rows(per_seed)
     with open(osp.join(work, 'results.json'), 'w') as f:  # the per-seed values behind the table
-        json.dump(dict(command=cmd, seeds=args.seeds, results=results), f, indent=1)
+        json.dump(dict(command=cmd, seeds=args.seeds, results=results,
+                       rows=[[{k: v for k, v in r.items() if k != 'protocols'} for r in rows]
+                             for rows in per_seed]), f, indent=1, default=float)
     return results
-
-
-def write_section(path: str, section: str) -> None:
-    """Put ``section`` (a markdown ``## title`` block) into ``path`` in place of the block with the
-    same title, or at the end; the file's other sections are kept."""
-    title = section.splitlines()[0]
-    text = '# Benchmarks\n'
-    if osp.isfile(path):
-        with open(path) as f:
-            text = f.read()
-    lines = text.splitlines(keepends=True)
-    if title + '\n' in lines:
-        start = lines.index(title + '\n')
-        end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith('## ')),
-                   len(lines))
-        lines[start:end] = [section.rstrip('\n') + '\n\n' if end < len(lines) else section]
-        text = ''.join(lines)
-    else:
-        text = text.rstrip('\n') + '\n\n' + section
-    os.makedirs(osp.dirname(osp.abspath(path)), exist_ok=True)
-    with open(path, 'w') as f:
-        f.write(text)
 
 
 if __name__ == '__main__':

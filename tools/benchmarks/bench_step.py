@@ -430,6 +430,9 @@ def adapt_config(cfg: Any, key: str, images_per_step: int, iters: int, device: s
             s.pop('convert_to_iter_based', None)
     cfg.default_hooks.checkpoint = None  # mmengine drops a default hook set to None
     cfg.default_hooks.pop('plain_checkpoint', None)
+    # a training step only: no dense monitor (it evaluates every 10k iterations on COCO-Stuff-27)
+    cfg.custom_hooks = [h for h in cfg.get('custom_hooks') or []
+                        if h.get('type') != 'DenseMonitorHook']
     ow = cfg.optim_wrapper
     if amp == 'off':
         ow.type = 'OptimWrapper'

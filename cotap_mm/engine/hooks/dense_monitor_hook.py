@@ -125,6 +125,7 @@ class DenseMonitorHook(Hook):
     def before_train(self, runner) -> None:
         if self.out_dir is None:
             self.out_dir = runner.work_dir
+        self._check_data(runner)
         if not is_main_process():
             return
         tr_i, tr_m, classes = load_seg_arrays(self.train_dataset, self.image_size, self.max_train)
@@ -137,6 +138,35 @@ class DenseMonitorHook(Hook):
         runner.logger.info(f'DenseMonitorHook: NN retrieval on {len(va_i)} images with a memory '
                            f'of {len(tr_i)} images ({len(classes)} classes) every '
                            f'{self.interval} iterations')
+
+    def _config_key(self, runner) -> str:
+        """Where this hook sits in the config (``custom_hooks.N``), for messages."""
+        hooks = (getattr(runner, 'cfg', None) or {}).get('custom_hooks', None) or []
+        for i, h in enumerate(hooks):
+            kind = h.get('type') if isinstance(h, dict) else None
+            if kind is type(self) or (isinstance(kind, str) and kind.split('.')[-1] ==
+                                      type(self).__name__):
+                return f'custom_hooks.{i}'
+        return type(self).__name__
+
+    def _check_data(self, runner) -> None:
+        """A missing data root, image folder or image list stops the run before training, naming
+        the config keys that point elsewhere."""
+        key = self._config_key(runner)
+        for name, ds in (('train_dataset', self.train_dataset), ('val_dataset', self.val_dataset)):
+            root = ds.get('data_root')
+            if root is None:  # generated scenes, or paths given whole
+                continue
+            needed = [root] + [osp.join(root, sub) for sub in (ds.get('data_prefix') or {}).values()]
+            if ds.get('ann_file'):
+                needed.append(osp.join(root, ds['ann_file']))
+            missing = next((p for p in needed if not osp.exists(p)), None)
+            if missing is not None:
+                raise FileNotFoundError(
+                    f'DenseMonitorHook ({key}): {name} ({ds["type"]}) needs {missing}, which does '
+                    f'not exist. Put the labelled set there, point the hook at your copy '
+                    f'(--cfg-options {key}.train_dataset.data_root=DIR '
+                    f'{key}.val_dataset.data_root=DIR), or remove the hook from custom_hooks.')
 
     @torch.no_grad()
     def evaluate(self, runner) -> Optional[Dict[str, Any]]:
