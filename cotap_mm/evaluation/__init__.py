@@ -7,6 +7,3 @@ from .overclustering import kmeans, overclustering_eval
 __all__ = ['dense_evaluation', 'feature_dispersion', 'synthetic_probe_data', 'dispersion_stats',
            'build_patch_feature_extractor', 'dense_linear_probe', 'kmeans', 'overclustering_eval',
            'build_memory_bank', 'nn_retrieval_eval']
-from .filtered_cls import CoTAPFilteredCLSViT  # noqa: E402  (registers the backbone)
-
-__all__ += ['CoTAPFilteredCLSViT']

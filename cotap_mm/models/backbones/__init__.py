@@ -1,4 +1,4 @@
-from .cotap_filtered_vit import CoTAPFilteredViT
+from .cotap_filtered_vit import CoTAPFilteredCLSViT, CoTAPFilteredViT
 from .cotap_vit import CoTAPViT
 
-__all__ = ['CoTAPFilteredViT', 'CoTAPViT']
+__all__ = ['CoTAPFilteredViT', 'CoTAPFilteredCLSViT', 'CoTAPViT']

@@ -18,7 +18,7 @@ from cotap_mm.utils.state_dict import find_state_dict
 from ..necks.object_prototype_neck import ObjectPrototypeNeck, filtered_forward, tokens_to_map
 from .cotap_vit import CoTAPViT
 
-__all__ = ['CoTAPFilteredViT', 'split_filtered_state_dict']
+__all__ = ['CoTAPFilteredViT', 'CoTAPFilteredCLSViT', 'split_filtered_state_dict']
 
 _PARTS = ('backbone', 'neck')
 
@@ -237,3 +237,18 @@ class CoTAPFilteredViT(BaseBackbone):
         self._check_prototypes('this model was not loaded from a CoTAP checkpoint')
         out = filtered_forward(self.backbone, self.neck, x)
         return (tokens_to_map(out.patches, out.hw), )
+
+
+@MODELS.register_module()
+class CoTAPFilteredCLSViT(CoTAPFilteredViT):
+    """Frozen ViT + object-aware filter whose output is the 2C-dim CLS token (what mmpretrain's
+    classification heads take; CoTAP's ImageNet k-NN and linear classification read it).
+
+    Same arguments, weights and checks as :class:`CoTAPFilteredViT`.
+    """
+
+    def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor]:
+        """Images [B, 3, H, W] -> ``(cls [B, 2C],)``."""
+        self._check_prototypes('this model was not loaded from a CoTAP checkpoint')
+        return (filtered_forward(self.backbone, self.neck, x).cls, )
+
