@@ -14,39 +14,17 @@ from typing import Any, Dict
 
 import torch
 
+from cotap_mm.engine.memory import reset_peak_rss, status_kb
 from .training_stages import train_stage
 
-__all__ = ['STAGE_STATS', 'status_kb', 'reset_peak_rss', 'run_measured_stage']
+__all__ = ['STAGE_STATS', 'run_measured_stage']
 
 STAGE_STATS = 'stage_stats.json'
 
 
-def status_kb(key: str) -> float:
-    """A ``/proc/self/status`` field in KB (``VmHWM``, ``VmRSS``); NaN where there is none."""
-    try:
-        with open('/proc/self/status') as f:
-            for line in f:
-                if line.startswith(key + ':'):
-                    return float(line.split()[1])
-    except OSError:
-        pass
-    return float('nan')
-
-
-def reset_peak_rss() -> float:
-    """Reset the high-water mark of resident memory (Linux) to the current RSS; returns it in KB.
-
-    Read back as ``VmHWM``, the counter the peak is read from later: ``VmRSS`` and ``VmHWM`` are
-    summed from per-thread counters at different times and can disagree by a few pages, which
-    made a tiny run's peak come out below its baseline (-0.02 MB, -0.11 MB); the caller floors the
-    difference at 0.
-    """
-    try:
-        with open('/proc/self/clear_refs', 'w') as f:
-            f.write('5')
-    except OSError:
-        pass
-    return status_kb('VmHWM')
+def _hwm_kb() -> float:
+    kb = status_kb('VmHWM')
+    return float('nan') if kb is None else float(kb)
 
 
 def run_measured_stage(spec: Dict[str, Any]) -> Dict[str, Any]:
@@ -67,12 +45,15 @@ def run_measured_stage(spec: Dict[str, Any]) -> Dict[str, Any]:
     orig_train = Runner.train
 
     def train_and_measure(self):  # record the runner's own step time before it is torn down
-        base = reset_peak_rss()
+        # the baseline is read back from VmHWM, the counter the peak is read from: VmRSS and
+        # VmHWM are summed from per-thread counters at different times and can disagree
+        reset_peak_rss()
+        base = _hwm_kb()
         result = orig_train(self)
         stats['step_time'] = float(self.message_hub.get_scalar('train/time').mean())
         # the kernel's per-thread RSS counters are summed lazily (up to ~64 pages each), so a run
         # that allocates next to nothing can read a few hundred KB below its baseline: floor at 0
-        stats['peak_mb'] = max(0.0, (status_kb('VmHWM') - base) / 1024)
+        stats['peak_mb'] = max(0.0, (_hwm_kb() - base) / 1024)
         return result
 
     extra = {k: tuple(v) if isinstance(v, list) else v

@@ -13,6 +13,7 @@ import pytest
 import torch
 
 import cotap_mm  # noqa: F401
+from mmengine.config import Config
 from cotap_mm.utils.checkpoint import checkpoint_problem
 from cotap_test_helpers.tiny_runs import REPO_ROOT, run_env
 from cotap_test_helpers.tool_runs import train_in_process
@@ -26,8 +27,12 @@ OPTS = ['train_cfg.max_iters=4', 'train_dataloader.batch_size=4',
         'custom_hooks.1.interval=1000']
 
 
+# index of the padding hook _padded_config appends after the tiny config's own hooks
+PAD = len(Config.fromfile(COTAP_TINY).custom_hooks)
+
+
 def _padded_config(path) -> str:
-    """The CoTAP tiny config whose checkpoints carry 64 MiB more (custom_hooks.2.mb)."""
+    """The CoTAP tiny config whose checkpoints carry 64 MiB more (custom_hooks.<PAD>.mb)."""
     path.write_text(f'_base_ = [{COTAP_TINY!r}]\n'
                     "custom_imports = dict(imports=['cotap_mm', 'cotap_test_helpers.fault_hooks'],"
                     ' allow_failed_imports=False)\n'
@@ -83,7 +88,7 @@ def test_kill_during_checkpoint_write_then_resume_is_bitwise(tmp_path):
     with open(osp.join(work, 'iter_6.pth'), 'wb') as f:
         f.write(head)
     train_in_process([cfg, '--work-dir', work, '--resume', '--cfg-options', 'experiment_name=res',
-                      'custom_hooks.2.mb=0', *OPTS])
+                      f'custom_hooks.{PAD}.mb=0', *OPTS])
     log = max(glob.glob(osp.join(work, '*', '*.log')), key=osp.getmtime)
     with open(log) as f:
         text = f.read()

@@ -99,6 +99,8 @@ def test_bad_inputs():
 
 def test_registered_in_mmdet():
     from mmdet.registry import MODELS
-    neck = MODELS.build(dict(type='SimpleFPN', in_channels=64, out_channels=8, num_outs=5))
+    from mmengine.registry import DefaultScope
+    with DefaultScope.overwrite_default_scope('mmdet'):  # as in an mmdet config
+        neck = MODELS.build(dict(type='SimpleFPN', in_channels=64, out_channels=8, num_outs=5))
     assert isinstance(neck, SimpleFPN)
     assert len(neck(torch.randn(1, 64, 4, 4))) == 5
