@@ -514,3 +514,19 @@ def test_runner_resume_keeps_queues_and_iteration(tmp_path):
     rows = logged_loss_rows(tmp_path)  # of the resumed (latest) run
     assert [r['iter'] for r in rows] == [3]
     assert all(rows[0][k] > 0 for k in CLUSTER_KEYS)
+
+
+def test_checkpoint_of_the_earlier_bank_layout_loads():
+    """Earlier versions kept the bank in three buffers (proto_bank [S, C, K, K], proto_bank_ptr,
+    proto_bank_count); such a state dict loads into the FeatureQueue bank, host copies included."""
+    model = _build(bank_size=12, bank_samples_per_step=2, neck=dict(num_prototypes=8))
+    _update_bank(model, torch.randn(8, 17, model.neck.embed_dims), (4, 4))
+    sd = model.state_dict()
+    old = {k: v for k, v in sd.items() if not k.startswith('proto_bank.')}
+    old['proto_bank'] = sd['proto_bank.queue'].reshape(12, model.neck.embed_dims, 3, 3).clone()
+    old['proto_bank_ptr'], old['proto_bank_count'] = sd['proto_bank.ptr'], sd['proto_bank.count']
+    fresh = _build(bank_size=12, bank_samples_per_step=2, neck=dict(num_prototypes=8))
+    fresh.load_state_dict(old)
+    torch.testing.assert_close(fresh.proto_bank.queue, model.proto_bank.queue)
+    assert (len(fresh.proto_bank), fresh.proto_bank._ptr) == (8, 8)
+    torch.testing.assert_close(PrototypeTerm.bank_samples(fresh), PrototypeTerm.bank_samples(model))
