@@ -108,13 +108,13 @@ class TeacherStudentSelfSupervisor(HostMirrorMixin, BaseSelfSupervisor):
     def _pairs(self) -> Tuple[List[torch.Tensor], ...]:
         """Teacher / student parameters and buffers (:func:`paired_tensors`), checked once and
         cached; rebuilt when a tensor was replaced (``model.to(device)`` replaces the buffers)."""
-        student = self.student
-        now = (list(self.teacher.parameters()), list(student.parameters()),
-               list(self.teacher.buffers()), list(student.buffers()))
+        mods = [getattr(self, k) for k in self._student_keys]
+        now = (list(self.teacher.parameters()), [p for m in mods for p in m.parameters()],
+               list(self.teacher.buffers()), [b for m in mods for b in m.buffers()])
         pairs = self._ema_pairs
         if pairs is None or any(len(a) != len(b) or any(x is not y for x, y in zip(a, b))
                                 for a, b in zip(pairs, now)):
-            pairs = self._ema_pairs = paired_tensors(self.teacher, student)
+            pairs = self._ema_pairs = paired_tensors(self.teacher, self.student)
         return pairs
 
     @torch.no_grad()

@@ -21,15 +21,17 @@ class ExtraRows(NamedTuple):
 
     images: [G * B + G * E + sum(K), 3, H, W]: the G view batches, the de-coupling rows, then
         the de-positioning composites of each view.
-    replace: BoolTensor [R, N] token substitution (False outside the de-coupling rows).
-    donor_index: LongTensor [R] donor row of every row (itself outside the de-coupling rows).
+    replace: BoolTensor [R, N] token substitution (False outside the de-coupling rows); None
+        when there are no de-coupling rows (no token is edited).
+    donor_index: LongTensor [R] donor row of every row (itself outside the de-coupling rows);
+        None with ``replace``.
     decoupling: the :class:`DecouplingBatch` built on the sub-batch, or None (no rows).
     num_extra: E, de-coupling rows per view.
     depositioning: ``(view g, first row, DepositioningBatch)`` per view with composites.
     """
     images: torch.Tensor
-    replace: torch.Tensor
-    donor_index: torch.Tensor
+    replace: Optional[torch.Tensor]
+    donor_index: Optional[torch.Tensor]
     decoupling: Optional[DecouplingBatch]
     num_extra: int
     depositioning: List[Tuple[int, int, DepositioningBatch]]
@@ -58,14 +60,13 @@ def stack_extra_rows(views: Sequence[torch.Tensor], hw: Tuple[int, int],
         ExtraRows: the rows; the donors of the de-coupling rows are mapped to full-batch rows.
     """
     G, B = len(views), views[0].shape[0]
-    N = int(hw[0]) * int(hw[1])
     dev = views[0].device
+    rows = [torch.cat(list(views))]
+    if decoupling is None and depositioning is None:  # no add-on: the view rows only
+        return ExtraRows(rows[0], None, None, None, 0, [])
     pos = torch.arange(B, device=dev) if index is None else index.to(dev)
     sub = list(views) if index is None else [v[pos] for v in views]
     bp = int(pos.numel())
-    rows = [torch.cat(list(views))]
-    replace = [torch.zeros(G * B, N, dtype=torch.bool, device=dev)]
-    donors = [torch.arange(G * B, device=dev)]
     dc, E = None, 0
     if decoupling is not None and bp >= 2:
         if masks is None:
@@ -73,11 +74,7 @@ def stack_extra_rows(views: Sequence[torch.Tensor], hw: Tuple[int, int],
         dc = decoupling.build(sub, masks)
         E = dc.num_extra
         if E:
-            n = G * bp
-            d = dc.donor_index[n:]  # sub-batch rows g * bp + b -> full-batch rows g * B + pos[b]
-            rows.append(dc.images[n:])
-            replace.append(dc.replace[n:])
-            donors.append(torch.div(d, bp, rounding_mode='floor') * B + pos[d % bp])
+            rows.append(dc.images[G * bp:])
     placed: List[Tuple[int, int, DepositioningBatch]] = []
     offset = G * (B + E)
     if depositioning is not None and bp >= 2:
@@ -85,11 +82,17 @@ def stack_extra_rows(views: Sequence[torch.Tensor], hw: Tuple[int, int],
             dp = depositioning.build(sub[g], hw, g, samples)
             if dp is None:
                 continue
-            K = dp.images.shape[0]
             placed.append((g, offset, dp))
             rows.append(dp.images)
-            replace.append(torch.zeros(K, N, dtype=torch.bool, device=dev))
-            donors.append(torch.arange(offset, offset + K, device=dev))
-            offset += K
-    return ExtraRows(torch.cat(rows) if len(rows) > 1 else rows[0], torch.cat(replace),
-                     torch.cat(donors), dc if E else None, E, placed)
+            offset += dp.images.shape[0]
+    images = torch.cat(rows) if len(rows) > 1 else rows[0]
+    if not E:  # nothing substituted: no token edits
+        return ExtraRows(images, None, None, None, 0, placed)
+    # token edits: only the de-coupling rows take tokens, from full-batch rows of the same view
+    n, R = G * bp, images.shape[0]
+    replace = torch.zeros(R, dc.replace.shape[1], dtype=torch.bool, device=dev)
+    replace[G * B:G * (B + E)] = dc.replace[n:]
+    donors = torch.arange(R, device=dev)
+    d = dc.donor_index[n:]  # sub-batch rows g * bp + b -> full-batch rows g * B + pos[b]
+    donors[G * B:G * (B + E)] = torch.div(d, bp, rounding_mode='floor') * B + pos[d % bp]
+    return ExtraRows(images, replace, donors, dc, E, placed)

@@ -370,8 +370,8 @@ class CoTAP(TeacherStudentSelfSupervisor):
                                             step.device)  # [G, bp, N]
         rows = stack_extra_rows(views, hw, self.decoupling, self.depositioning, masks,
                                 step.samples(step.p_pos), step.p_idx)
-        edits = {} if rows.images.shape[0] == G * B else dict(replace=rows.replace,
-                                                                donor_index=rows.donor_index)
+        edits = {} if rows.replace is None else dict(replace=rows.replace,
+                                                       donor_index=rows.donor_index)
         out = filtered_forward(self.backbone, self.neck, rows.images, **edits)
         if tuple(out.hw) != hw:
             raise ValueError(f'the global crops give a {tuple(out.hw)} patch grid, expected {hw} '
